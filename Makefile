@@ -1,0 +1,53 @@
+# Two entry points on a fresh machine: `make demo` and `make test`. Both set up .venv (once), install
+# the project, prepare the embedded data they need, then run. Set-up is idempotent: a second run
+# skips what is done (stamp files).
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.fromscratch-installed
+DATA ?= data
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-fast data install fashion-mnist-source bench clean-data
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+# Debian's dataset-fashion-mnist, installed when missing and we can; FASHION_MNIST_DIR overrides.
+fashion-mnist-source:
+	@if [ -n "$$FASHION_MNIST_DIR" ] || [ -d /usr/share/datasets/fashion-mnist ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+	  (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null); \
+	else echo "Fashion-MNIST missing: run 'sudo apt-get install dataset-fashion-mnist' or set FASHION_MNIST_DIR"; exit 1; fi
+
+$(DATA)/trees/train.json: | $(STAMP)
+	$(PY) -m fromscratch data prepare trees --out $(DATA)
+
+$(DATA)/fashion-mnist/train.npz: | $(STAMP) fashion-mnist-source
+	$(PY) -m fromscratch data prepare fashion-mnist --out $(DATA)
+
+$(DATA)/fashion-scenes/train.json: | $(DATA)/trees/train.json $(DATA)/fashion-mnist/train.npz
+	$(PY) -m fromscratch data prepare fashion-scenes --out $(DATA)
+
+data: $(DATA)/trees/train.json $(DATA)/fashion-mnist/train.npz $(DATA)/fashion-scenes/train.json
+
+test: data
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: data
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+demo: data
+	$(PY) -m fromscratch demo
+
+bench: data
+	$(PY) benchmarks/run_all.py
+
+clean-data:
+	rm -rf $(DATA)/trees $(DATA)/fashion-mnist $(DATA)/fashion-scenes

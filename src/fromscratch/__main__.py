@@ -1,0 +1,5 @@
+import sys
+
+from fromscratch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,131 @@
+"""`fromscratch` command line: parse, call, print. Imports are lazy so `--help` does not load torch.
+
+A ``FromScratchError`` (bad data, bad config) is printed as a plain message, exit 2; any other
+exception is a bug in fromscratch and keeps its traceback with a line asking to report it.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from pathlib import Path
+
+EMBEDDED = ("trees", "fashion-mnist", "fashion-scenes")
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="YAML config file")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.base_lr=0.04")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="fromscratch", description="Train detectors from scratch vs pre-trained "
+                                 "(He, Girshick, Dollar 2018) on your own data.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    cfg = sub.add_parser("config", help="config files").add_subparsers(dest="sub", required=True)
+    _add_config_args(cfg.add_parser("show", help="print the resolved config"))
+
+    data = sub.add_parser("data", help="datasets").add_subparsers(dest="sub", required=True)
+    prep = data.add_parser("prepare", help="prepare an embedded dataset under data/")
+    prep.add_argument("name", choices=EMBEDDED)
+    prep.add_argument("--out", default="data", help="parent folder (default: data)")
+    prep.add_argument("--num-train", type=int, default=1000, help="fashion-scenes: training scenes")
+    prep.add_argument("--num-val", type=int, default=200, help="fashion-scenes: validation scenes")
+    prep.add_argument("--image-size", type=int, default=256, help="fashion-scenes: side of a scene in px")
+    prep.add_argument("--seed", type=int, default=0)
+    sub_p = data.add_parser("subset", help="write a seeded image-id list (nested across sizes)")
+    sub_p.add_argument("dataset", help="COCO json")
+    sub_p.add_argument("--size", type=int, required=True)
+    sub_p.add_argument("--seed", type=int, default=0)
+    sub_p.add_argument("--out", help="output file (default: <dataset dir>/subsets/<name>_<size>_seed<seed>.json)")
+
+    val = sub.add_parser("validate", help="check a dataset and list every problem (exit 1 if any)")
+    val.add_argument("dataset", help="COCO json, VOC folder or VOC ImageSets .txt")
+    val.add_argument("--image-root", help="folder the file names are relative to (default: the json's folder)")
+    val.add_argument("--no-images", action="store_true", help="skip opening the image files")
+    val.add_argument("--allow-outside-root", action="store_true")
+    return ap
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from fromscratch.config import dump_config, load_config
+
+    print(dump_config(load_config(args.config, args.overrides)), end="")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    if args.sub == "subset":
+        return _data_subset(args)
+    out = Path(args.out) / args.name
+    cache = Path(args.out) / "cache"
+    if args.name == "trees":
+        from fromscratch.data.embedded.trees import prepare_trees
+
+        counts = prepare_trees(out, cache)
+    elif args.name == "fashion-mnist":
+        from fromscratch.data.embedded.fashion_mnist import prepare_fashion_mnist
+
+        counts = prepare_fashion_mnist(out)
+    else:
+        from fromscratch.data.embedded.fashion_scenes import prepare_fashion_scenes
+
+        counts = prepare_fashion_scenes(out, cache, args.num_train, args.num_val, args.image_size, args.seed)
+    for split, c in counts.items():
+        detail = ", ".join(f"{v} {k}" for k, v in c.items()) if isinstance(c, dict) else f"{c} images"
+        print(f"{args.name} {split}: {detail}")
+    print(f"written to {out}/")
+    return 0
+
+
+def _data_subset(args: argparse.Namespace) -> int:
+    from fromscratch.data.coco import read_json
+    from fromscratch.data.subsets import choose_subset, default_subset_path, write_subset
+
+    data = read_json(args.dataset)
+    ids = [img["id"] for img in data.get("images", [])]
+    chosen = choose_subset(ids, args.size, args.seed)
+    out = Path(args.out) if args.out else default_subset_path(args.dataset, args.size, args.seed)
+    write_subset(out, chosen, args.dataset, args.seed)
+    print(f"{len(chosen)} of {len(ids)} image ids (seed {args.seed}) written to {out}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from fromscratch.data.sources import find_problems
+
+    problems, summary = find_problems(args.dataset, args.image_root, not args.no_images, args.allow_outside_root)
+    for p in problems:
+        print(p)
+    if problems:
+        print(f"{len(problems)} problem(s) found in {args.dataset}")
+        return 1
+    print(f"{args.dataset}: OK ({summary})")
+    return 0
+
+
+COMMANDS = {"config": cmd_config, "data": cmd_data, "validate": cmd_validate}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from fromscratch.errors import FromScratchError
+
+    try:
+        return COMMANDS[args.cmd](args)
+    except FromScratchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception:
+        traceback.print_exc()
+        print("\nThis is an internal error of fromscratch, not a problem with your data or config: "
+              "please report it with the command you ran and the traceback above.", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

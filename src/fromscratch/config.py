@@ -1,0 +1,264 @@
+"""Typed configuration: YAML files with ``_base_`` inheritance and dotted command-line overrides.
+
+Every key is declared in a pydantic model with ``extra="forbid"``: a typo is an error naming the key,
+the file it came from and the closest valid key, not a silently ignored setting (detectron2's
+CfgNode behaves the same way). YAML is read with ``safe_load`` only.
+"""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from fromscratch.errors import ConfigError
+
+NormName = Literal["GN", "SyncBN", "FrozenBN", "BN", "none"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    """Dataset files and the paper's input pipeline (short side 800, max 1333, flip only)."""
+
+    format: Literal["coco", "voc"] = "coco"
+    train: str | None = None  # COCO json, or VOC folder (with Annotations/ and JPEGImages/)
+    val: str | None = None
+    image_root: str | None = None  # default: the folder of the json file
+    subset: str | None = None  # an image-id list written by `fromscratch data subset`
+    on_invalid: Literal["error", "skip"] = "error"
+    check_images: bool = True  # open every image during validation (size, truncation)
+    allow_outside_root: bool = False  # file names may not escape image_root unless allowed
+    train_scales: list[int] = [800]
+    scale_sampling: Literal["choice", "range"] = "choice"  # detectron2 MIN_SIZE_TRAIN_SAMPLING
+    test_scale: int = 800
+    max_size: int = 1333
+    flip_prob: float = 0.5
+    num_workers: int = 2
+    aspect_ratio_grouping: bool = True
+
+
+class BackboneConfig(_Strict):
+    name: str = "resnet50"  # resnet18..152, resnext50_32x4d, resnext101_32x8d, resnext152_32x8d, vgg16, timm:<name>, imagenet:efficientnet_lite0
+    norm: NormName = "GN"
+    gn_groups: int = 32
+    weights: str | None = None  # local file: None means init="scratch"
+    freeze_at: int = 0  # the paper trains every layer; >0 with scratch init is refused
+    force: bool = False  # build a scratch model with FrozenBN / freeze_at>0 anyway
+
+
+class FPNConfig(_Strict):
+    channels: int = 256
+    norm: NormName = "GN"
+
+
+class RPNConfig(_Strict):
+    convs: int = 1
+    batch_size_per_image: int = 256
+    pre_nms_top_n_train: int = 2000
+    post_nms_top_n_train: int = 1000
+    pre_nms_top_n_test: int = 1000
+    post_nms_top_n_test: int = 1000
+
+
+class RoIConfig(_Strict):
+    box_head: Literal["2fc", "4conv1fc"] = "4conv1fc"
+    conv_dim: int = 256
+    fc_dim: int = 1024
+    norm: NormName = "GN"  # box, mask and keypoint heads
+    batch_size_per_image: int = 512
+    positive_fraction: float = 0.25
+    mask_head_convs: int = 4
+    mask_head_dim: int = 256
+    keypoint_head_dim: int = 512
+    score_thresh: float = 0.05
+    detections_per_img: int = 100
+    cascade_ious: list[float] = [0.5, 0.6, 0.7]
+    cascade_stage_weights: list[float] = [1.0, 0.5, 0.25]
+
+
+class ModelConfig(_Strict):
+    meta_arch: Literal["mask_rcnn", "faster_rcnn", "keypoint_rcnn", "cascade_rcnn", "cascade_mask_rcnn"] = "mask_rcnn"
+    num_classes: int | None = None  # default: the training set's categories
+    num_keypoints: int = 17
+    backbone: BackboneConfig = BackboneConfig()
+    fpn: FPNConfig = FPNConfig()
+    rpn: RPNConfig = RPNConfig()
+    roi: RoIConfig = RoIConfig()
+    cascade_from_iter: int | None = None
+
+
+class TrainConfig(_Strict):
+    """SGD and the paper's schedule rule (shared/PAPER.md, Section 4)."""
+
+    batch_size: int = 16
+    base_lr: float = 0.02  # at 16 images a batch; scaled linearly with batch_size
+    schedule: str = "2x"  # "Nx" = N x 90k iterations at 16 images (rescaled, see engine/schedule.py)
+    rescale_to_dataset: bool = True  # Nx means the same epochs on any dataset
+    iterations: int | None = None  # explicit length: overrides the schedule
+    steps: list[int] | None = None  # explicit LR drop iterations
+    decay_factor: float = 0.1
+    warmup_iters: int = 1000
+    warmup_factor: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    weight_decay_norm: float = 0.0
+    clip_grad_norm: float | None = None
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    log_period: int = 20
+    eval_period: int = 0  # 0: evaluate only at the end
+    checkpoint_period: int = 0  # 0: only at the end
+    keep_checkpoints: int = 2
+    seed: int = 0
+    threads: int | None = None
+    skip_nonfinite_steps: bool = False
+    device: str = "auto"
+
+
+class EvalConfig(_Strict):
+    backend: Literal["faster_coco_eval", "pycocotools"] = "faster_coco_eval"
+    tta: bool = False
+    tta_scales: list[int] = [400, 500, 600, 700, 800, 900, 1000, 1100, 1200]
+    tta_flip: bool = True
+    max_images: int | None = None
+
+
+class Config(_Strict):
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    output_dir: str = "runs/default"
+    description: str = ""
+
+
+# ---------------------------------------------------------------------------------- loading
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config file ({e.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        pos = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: YAML syntax error{pos}: {getattr(e, 'problem', e)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def _merge(base: dict, over: dict, origin: dict[str, str], source: str, prefix: str = "") -> dict:
+    """Deep-merge ``over`` into ``base``; record which file set each dotted key."""
+    out = dict(base)
+    for key, value in over.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value, origin, source, dotted + ".")
+        else:
+            out[key] = value
+            _mark(value, dotted, origin, source)
+    return out
+
+
+def _mark(value: Any, dotted: str, origin: dict[str, str], source: str) -> None:
+    origin[dotted] = source
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _mark(v, f"{dotted}.{k}", origin, source)
+
+
+def _load_tree(path: Path, origin: dict[str, str], seen: tuple[Path, ...] = ()) -> dict:
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: _base_ cycle through {' -> '.join(map(str, seen))}")
+    raw = _read_yaml(path)
+    bases = raw.pop("_base_", [])
+    if isinstance(bases, str):
+        bases = [bases]
+    merged: dict = {}
+    for b in bases:  # the recursive call marks each inherited key with its base file
+        merged = _merge(merged, _load_tree(path.parent / b, origin, seen + (path,)), {}, "")
+    return _merge(merged, raw, origin, str(path))
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``train.base_lr=0.04`` -> (["train", "base_lr"], 0.04); the value is parsed as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"override '{item}': expected KEY=VALUE, e.g. train.base_lr=0.04")
+    key, _, text = item.partition("=")
+    try:
+        value = yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        value = text
+    return key.strip().split("."), value
+
+
+def _set_dotted(tree: dict, keys: list[str], value: Any) -> None:
+    node = tree
+    for k in keys[:-1]:
+        if not isinstance(node.get(k), dict):
+            node[k] = {}
+        node = node[k]
+    node[keys[-1]] = value
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML config (following ``_base_``), apply dotted overrides, validate."""
+    origin: dict[str, str] = {}
+    tree = _load_tree(Path(path), origin) if path else {}
+    for item in overrides:
+        keys, value = parse_override(item)
+        _set_dotted(tree, keys, value)
+        _mark(value, ".".join(keys), origin, "command line")
+    return config_from_dict(tree, origin, default_source=str(path) if path else "command line")
+
+
+def config_from_dict(tree: dict, origin: dict[str, str] | None = None, default_source: str = "config") -> Config:
+    origin = origin or {}
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_explain(e, origin, default_source)) from None
+
+
+def _explain(err: ValidationError, origin: dict[str, str], default_source: str) -> str:
+    lines = []
+    for item in err.errors():
+        loc = [str(p) for p in item["loc"]]
+        dotted = ".".join(loc)
+        source = origin.get(dotted, default_source)
+        if item["type"] == "extra_forbidden":
+            valid = _fields_at(loc[:-1])
+            close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.4)
+            hint = f"; did you mean '{'.'.join(loc[:-1] + close)}'?" if close else ""
+            lines.append(f"{source}: unknown key '{dotted}'{hint} (valid keys here: {', '.join(valid)})")
+        else:
+            value = item.get("input")
+            lines.append(f"{source}: key '{dotted}' = {value!r}: {item['msg']}")
+    return "invalid config:\n  " + "\n  ".join(lines)
+
+
+def _fields_at(loc: list[str]) -> list[str]:
+    model: type[BaseModel] = Config
+    for part in loc:
+        field = model.model_fields.get(part)
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return list(model.model_fields)
+
+
+def dump_config(cfg: Config) -> str:
+    """The resolved config as YAML (what `config show` prints and a run folder stores)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

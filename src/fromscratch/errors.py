@@ -1,0 +1,28 @@
+"""The one exception type users see for their own mistakes (data, config, files).
+
+The CLI prints a ``FromScratchError`` as a plain message and exits 2 (1 for ``validate`` findings);
+anything else is an internal error and keeps its traceback, with a line asking to report it.
+"""
+from __future__ import annotations
+
+
+class FromScratchError(Exception):
+    """A mistake the user can fix: the message names the file, the record and the field."""
+
+
+class ConfigError(FromScratchError):
+    """A config file or override that does not fit the schema."""
+
+
+class DataError(FromScratchError):
+    """A dataset file that cannot be read or does not pass validation."""
+
+
+def where(file: object, record: object | None = None, field: str | None = None) -> str:
+    """Format a location as ``file, record R, field F`` for error messages."""
+    parts = [str(file)]
+    if record is not None:
+        parts.append(f"record {record}")
+    if field is not None:
+        parts.append(f"field '{field}'")
+    return ", ".join(parts)
