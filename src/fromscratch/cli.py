@@ -40,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub_p.add_argument("--seed", type=int, default=0)
     sub_p.add_argument("--out", help="output file (default: <dataset dir>/subsets/<name>_<size>_seed<seed>.json)")
 
+    model = sub.add_parser("model", help="models").add_subparsers(dest="sub", required=True)
+    show = model.add_parser("show", help="parameters, norm layers by kind, frozen parameters, FLOPs")
+    _add_config_args(show)
+    show.add_argument("--size", type=int, default=None, help="image side for the FLOPs count (default: test_scale)")
+    show.add_argument("--num-classes", type=int, default=80)
+
     val = sub.add_parser("validate", help="check a dataset and list every problem (exit 1 if any)")
     val.add_argument("dataset", help="COCO json, VOC folder or VOC ImageSets .txt")
     val.add_argument("--image-root", help="folder the file names are relative to (default: the json's folder)")
@@ -105,7 +111,18 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"config": cmd_config, "data": cmd_data, "validate": cmd_validate}
+def cmd_model(args: argparse.Namespace) -> int:
+    from fromscratch.config import load_config
+    from fromscratch.models.build import build_model
+    from fromscratch.models.summary import summarize
+
+    cfg = load_config(args.config, args.overrides)
+    num_classes = cfg.model.num_classes or args.num_classes
+    print(summarize(build_model(cfg, num_classes), args.size or cfg.data.test_scale))
+    return 0
+
+
+COMMANDS = {"config": cmd_config, "model": cmd_model, "data": cmd_data, "validate": cmd_validate}
 
 
 def main(argv: list[str] | None = None) -> int:

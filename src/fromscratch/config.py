@@ -43,7 +43,7 @@ class DataConfig(_Strict):
 
 
 class BackboneConfig(_Strict):
-    name: str = "resnet50"  # resnet18..152, resnext50_32x4d, resnext101_32x8d, resnext152_32x8d, vgg16, timm:<name>, imagenet:efficientnet_lite0
+    name: str = "resnet50"  # resnet18..152, resnext50_32x4d, resnext101_32x8d, resnext152_32x8d, timm:<name>, imagenet:efficientnet_lite0
     norm: NormName = "GN"
     gn_groups: int = 32
     weights: str | None = None  # local file: None means init="scratch"
@@ -58,6 +58,8 @@ class FPNConfig(_Strict):
 
 class RPNConfig(_Strict):
     convs: int = 1
+    anchor_sizes: list[int] = [32, 64, 128, 256, 512]  # one per FPN level P2-P6
+    aspect_ratios: list[float] = [0.5, 1.0, 2.0]
     batch_size_per_image: int = 256
     pre_nms_top_n_train: int = 2000
     post_nms_top_n_train: int = 1000
@@ -77,19 +79,18 @@ class RoIConfig(_Strict):
     keypoint_head_dim: int = 512
     score_thresh: float = 0.05
     detections_per_img: int = 100
-    cascade_ious: list[float] = [0.5, 0.6, 0.7]
-    cascade_stage_weights: list[float] = [1.0, 0.5, 0.25]
 
 
 class ModelConfig(_Strict):
-    meta_arch: Literal["mask_rcnn", "faster_rcnn", "keypoint_rcnn", "cascade_rcnn", "cascade_mask_rcnn"] = "mask_rcnn"
+    meta_arch: Literal["mask_rcnn", "faster_rcnn", "keypoint_rcnn"] = "mask_rcnn"
     num_classes: int | None = None  # default: the training set's categories
     num_keypoints: int = 17
     backbone: BackboneConfig = BackboneConfig()
     fpn: FPNConfig = FPNConfig()
     rpn: RPNConfig = RPNConfig()
     roi: RoIConfig = RoIConfig()
-    cascade_from_iter: int | None = None
+    pixel_mean: list[float] = [0.485, 0.456, 0.406]  # on [0, 1] inputs (torchvision's ImageNet values)
+    pixel_std: list[float] = [0.229, 0.224, 0.225]
 
 
 class TrainConfig(_Strict):
@@ -121,9 +122,6 @@ class TrainConfig(_Strict):
 
 class EvalConfig(_Strict):
     backend: Literal["faster_coco_eval", "pycocotools"] = "faster_coco_eval"
-    tta: bool = False
-    tta_scales: list[int] = [400, 500, 600, 700, 800, 900, 1000, 1100, 1200]
-    tta_flip: bool = True
     max_images: int | None = None
 
 

@@ -1,0 +1,107 @@
+"""Normalization by name: "GN" | "SyncBN" | "FrozenBN" | "BN" | "none" -> a layer factory
+(detectron2's ``get_norm`` string factory; the paper replaces every frozen BN with GN or SyncBN).
+
+SyncBN: on CUDA, torch's ``nn.SyncBatchNorm`` (which handles a process with an empty input since
+torch 1.x, pytorch #36530). torch's refuses CPU tensors, so on CPU (gloo) the batch statistics are
+all-reduced here with an autograd-aware all-reduce: sums and counts, not means, so processes with
+unequal batch sizes, or none at all (RoI heads can get zero RoIs, detectron2 #366), still give the
+statistics and gradients of BN over the concatenated batch.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import FrozenBatchNorm2d
+
+NORMS = ("GN", "SyncBN", "FrozenBN", "BN", "none")
+
+
+def _world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+class SyncBatchNorm(nn.SyncBatchNorm):
+    """Cross-process BN that also runs on CPU (gloo) and with empty inputs on some processes."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or _world() == 1:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                self.training, self.momentum if self.momentum is not None else 0.1, self.eps) \
+                if x.numel() else x * self.weight.view(1, -1, *[1] * (x.dim() - 2))
+        if x.is_cuda:
+            return super().forward(x)
+        return self._allreduce_forward(x)
+
+    def _allreduce_forward(self, x: torch.Tensor) -> torch.Tensor:
+        from torch.distributed.nn.functional import all_reduce
+
+        c = x.shape[1]
+        dims = [0] + list(range(2, x.dim()))
+        xd = x.double()
+        count = torch.full((1,), x.numel() // c if x.numel() else 0, dtype=torch.float64)
+        if x.numel():
+            local = torch.cat([xd.sum(dims), (xd * xd).sum(dims)])
+        else:  # zeros that depend on the weight: this process must join the backward all-reduce too
+            local = (self.weight.double().sum() * 0).expand(2 * c)
+        stats = torch.cat([local, count])
+        stats = all_reduce(stats, group=self.process_group or dist.group.WORLD)
+        n = stats[-1]
+        shape = (1, c) + (1,) * (x.dim() - 2)
+        if n.item() == 0:
+            return x * self.weight.view(shape)
+        mean = stats[:c] / n
+        var = (stats[c:2 * c] / n - mean * mean).clamp_min(0)
+        with torch.no_grad():
+            m = self.momentum if self.momentum is not None else 0.1
+            unbiased = var * n / (n - 1).clamp_min(1)
+            self.running_mean.mul_(1 - m).add_(m * mean.to(self.running_mean.dtype))
+            self.running_var.mul_(1 - m).add_(m * unbiased.to(self.running_var.dtype))
+            self.num_batches_tracked.add_(1)
+        inv = torch.rsqrt(var + self.eps).to(x.dtype)
+        return (x - mean.to(x.dtype).view(shape)) * (inv * self.weight).view(shape) + self.bias.view(shape)
+
+
+def gn_groups_for(channels: int, groups: int) -> int:
+    """``groups`` if it divides ``channels``, else the largest divisor below it."""
+    g = min(groups, channels)
+    while channels % g:
+        g -= 1
+    return g
+
+
+def norm_factory(name: str, gn_groups: int = 32) -> Callable[[int], nn.Module] | None:
+    """A callable ``channels -> layer``, usable as torchvision's ``norm_layer`` argument; ``None`` for
+    "none", so torchvision's conv blocks keep their bias."""
+    if name == "GN":
+        return lambda c: nn.GroupNorm(gn_groups_for(c, gn_groups), c)
+    if name == "SyncBN":
+        return SyncBatchNorm
+    if name == "FrozenBN":
+        return FrozenBatchNorm2d
+    if name == "BN":
+        return nn.BatchNorm2d
+    if name == "none":
+        return None
+    raise ValueError(f"unknown norm {name!r}; expected one of {NORMS}")
+
+
+NORM_TYPES = (nn.GroupNorm, nn.BatchNorm2d, nn.SyncBatchNorm, FrozenBatchNorm2d, nn.LayerNorm)
+
+
+def is_norm(m: nn.Module) -> bool:
+    name = type(m).__name__
+    return isinstance(m, NORM_TYPES) or "BatchNorm" in name or "GroupNorm" in name
+
+
+def norm_kind(m: nn.Module) -> str:
+    if isinstance(m, nn.GroupNorm):
+        return "GN"
+    if isinstance(m, nn.SyncBatchNorm):
+        return "SyncBN"
+    if isinstance(m, FrozenBatchNorm2d) or "Frozen" in type(m).__name__:
+        return "FrozenBN"
+    return type(m).__name__
