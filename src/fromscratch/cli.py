@@ -46,6 +46,17 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--size", type=int, default=None, help="image side for the FLOPs count (default: test_scale)")
     show.add_argument("--num-classes", type=int, default=80)
 
+    tr = sub.add_parser("train", help="train a detector (one run = one folder)")
+    _add_config_args(tr)
+    tr.add_argument("--resume", action="store_true", help="continue from the last checkpoint of output_dir")
+    ev = sub.add_parser("eval", help="COCO AP of a checkpoint on data.val")
+    _add_config_args(ev)
+    ev.add_argument("--weights", required=True, help="a checkpoint (model_*.pth) or a model state dict")
+    ev.add_argument("--out", help="folder for detections.json and metrics.json (default: output_dir/eval)")
+    sc = sub.add_parser("schedule", help="print the schedule plan: iterations, LR drops, epochs, samples")
+    _add_config_args(sc)
+    sc.add_argument("--dataset-size", type=int, help="training images (default: count data.train)")
+
     val = sub.add_parser("validate", help="check a dataset and list every problem (exit 1 if any)")
     val.add_argument("dataset", help="COCO json, VOC folder or VOC ImageSets .txt")
     val.add_argument("--image-root", help="folder the file names are relative to (default: the json's folder)")
@@ -122,7 +133,42 @@ def cmd_model(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"config": cmd_config, "model": cmd_model, "data": cmd_data, "validate": cmd_validate}
+def cmd_train(args: argparse.Namespace) -> int:
+    from fromscratch.config import load_config
+    from fromscratch.engine.trainer import train
+
+    result = train(load_config(args.config, args.overrides), resume=args.resume)
+    print(f"\ntrained {result['iterations']} iterations; run folder: {result['output_dir']}")
+    s = result["samples"]
+    print(f"samples seen: {s['images']:,} images, {s['instances']:,} instances, {s['pixels']:.3g} pixels")
+    if result["table"]:
+        print(result["table"])
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from fromscratch.config import load_config
+    from fromscratch.engine.evaluate import evaluate_checkpoint
+
+    out, table = evaluate_checkpoint(load_config(args.config, args.overrides), args.weights, args.out)
+    print(table)
+    print(f"detections and metrics written to {out}/")
+    return 0
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    from fromscratch.config import load_config
+    from fromscratch.engine.schedule import describe, make_plan
+    from fromscratch.engine.evaluate import dataset_stats
+
+    cfg = load_config(args.config, args.overrides)
+    n, pixels, inst = (args.dataset_size, None, None) if args.dataset_size else dataset_stats(cfg)
+    print(describe(make_plan(cfg.train, n), pixels, inst))
+    return 0
+
+
+COMMANDS = {"config": cmd_config, "model": cmd_model, "train": cmd_train, "eval": cmd_eval,
+            "schedule": cmd_schedule, "data": cmd_data, "validate": cmd_validate}
 
 
 def main(argv: list[str] | None = None) -> int:

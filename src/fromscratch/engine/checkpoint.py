@@ -1,0 +1,70 @@
+"""Checkpoints written atomically and resumed exactly.
+
+A checkpoint holds the model, the optimizer, the iteration, the schedule it was made under, the
+samples seen, and every RNG state (python, numpy, torch). The loader needs no state of its own: the
+batch of iteration i and its augmentation are a function of (seed, i) (data/loader.py), so resuming
+at i sees exactly the batches an uninterrupted run would. Files are written to a temp name and
+renamed (utils.atomic_write_bytes): a run killed mid-write leaves only a ``.tmp`` that is never read.
+"""
+from __future__ import annotations
+
+import io
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fromscratch.errors import FromScratchError
+from fromscratch.utils import atomic_write_bytes
+
+PATTERN = re.compile(r"^model_(\d{7})\.pth$")
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {"python": random.getstate(), "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()),
+                                                   *np_state[2:]], "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    npst = state["numpy"]
+    np.random.set_state((npst[0], npst[1].numpy(), *npst[2:]))
+    torch.set_rng_state(state["torch"])
+
+
+def checkpoint_path(out_dir: Path, iteration: int) -> Path:
+    return Path(out_dir) / f"model_{iteration:07d}.pth"
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def list_checkpoints(out_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run folder, oldest first (temp files never match)."""
+    d = Path(out_dir)
+    return sorted(p for p in d.glob("model_*.pth") if PATTERN.match(p.name)) if d.is_dir() else []
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load with ``weights_only=True``: a file that carries code is refused, not run."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise FromScratchError(f"{path}: cannot load checkpoint (weights_only=True): {str(e).splitlines()[0]}") from None
+
+
+def prune(out_dir: Path, keep: int, protect: set[Path] | None = None) -> None:
+    """Keep the newest ``keep`` checkpoints (and any in ``protect``, e.g. the best by val AP)."""
+    protect = protect or set()
+    ckpts = list_checkpoints(out_dir)
+    for p in ckpts[:-keep] if keep > 0 else []:
+        if p not in protect:
+            p.unlink(missing_ok=True)

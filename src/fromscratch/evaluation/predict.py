@@ -1,0 +1,76 @@
+"""Run a detector over records and turn its outputs into COCO results (file's own category ids).
+
+Each process predicts its shard of the images; rank 0 gathers and evaluates (engine/distributed.py).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from fromscratch.data.loader import eval_loader
+from fromscratch.data.masks import encode_mask
+from fromscratch.data.records import Dataset
+from fromscratch.engine import distributed as D
+from fromscratch.evaluation.coco import evaluate
+
+
+def outputs_to_results(out: dict[str, torch.Tensor], image_id: int, label_to_cat: dict[int, int]) -> list[dict]:
+    boxes = out["boxes"].float().cpu().numpy()
+    scores = out["scores"].float().cpu().numpy()
+    labels = out["labels"].cpu().numpy()
+    masks = (out["masks"][:, 0] > 0.5).cpu().numpy() if "masks" in out else None
+    kps = out["keypoints"].float().cpu().numpy() if "keypoints" in out else None
+    res = []
+    for i in range(len(scores)):
+        x0, y0, x1, y1 = (float(v) for v in boxes[i])
+        r: dict[str, Any] = {"image_id": int(image_id), "category_id": label_to_cat[int(labels[i])],
+                             "bbox": [x0, y0, x1 - x0, y1 - y0], "score": float(scores[i])}
+        if masks is not None:
+            r["segmentation"] = encode_mask(masks[i])
+        if kps is not None:
+            k = kps[i].copy()
+            k[:, 2] = 1  # COCO results carry a visibility flag; the score is the detection's
+            r["keypoints"] = [float(v) for v in k.reshape(-1)]
+        res.append(r)
+    return res
+
+
+@torch.no_grad()
+def predict(model: nn.Module, ds: Dataset, device: torch.device, num_workers: int = 2,
+            max_images: int | None = None) -> list[dict]:
+    """COCO results for every image of ``ds`` (all processes' shards, gathered on every rank)."""
+    was = model.training
+    model.eval()
+    records = ds.records[:max_images] if max_images else ds.records
+    l2c = ds.label_to_cat_id
+    mine: list[dict] = []
+    for images, ids in eval_loader(records, num_workers, D.rank(), D.world_size()):
+        outs = model([im.to(device).float().div_(255) for im in images])
+        for out, iid in zip(outs, ids):
+            mine += outputs_to_results(out, iid, l2c)
+    model.train(was)
+    return [r for part in D.gather_objects(mine) for r in part]
+
+
+def iou_types_for(ds: Dataset, meta_arch: str) -> list[str]:
+    types = ["bbox"]
+    if meta_arch == "mask_rcnn" and ds.has_masks:
+        types.append("segm")
+    if meta_arch == "keypoint_rcnn" and ds.has_keypoints:
+        types.append("keypoints")
+    return types
+
+
+def evaluate_results(gt: dict, results: list[dict], iou_types: list[str], backend: str) -> dict[str, Any]:
+    return {t: evaluate(gt, results, t, backend) for t in iou_types}
+
+
+def ap_table(metrics: dict[str, Any]) -> str:
+    """A small text table of the main numbers per IoU type."""
+    lines = [f"{'':10s} {'AP':>6s} {'AP50':>6s} {'AP75':>6s}"]
+    for t, m in metrics.items():
+        lines.append(f"{t:10s} {m['AP']:6.2f} {m['AP50']:6.2f} {m['AP75']:6.2f}")
+    return "\n".join(lines)
+

@@ -1,0 +1,85 @@
+"""The loop: it learns, logs, evaluates, checkpoints, and resumes where it stopped."""
+import json
+
+import pytest
+import torch
+
+from fromscratch.cli import main
+from fromscratch.config import load_config
+from fromscratch.engine.checkpoint import list_checkpoints, load_checkpoint
+from fromscratch.engine.trainer import train
+from fromscratch.errors import ConfigError
+from tests.conftest import make_coco
+
+TINY = ["model.backbone.name=resnet18", "data.train_scales=[64]", "data.test_scale=64", "data.max_size=96",
+        "data.num_workers=0", "train.threads=2", "train.log_period=1"]
+
+
+def _cfg(tmp_path, *extra):
+    ann = make_coco(tmp_path / "data", num_images=4)
+    return load_config("configs/models/cpu.yaml", TINY + [f"data.train={ann}", f"data.val={ann}",
+                                                          f"output_dir={tmp_path / 'run'}", *extra])
+
+
+def _lines(run, kind):
+    return [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if f'"{kind}"' in ln]
+
+
+@pytest.mark.slow
+def test_loss_falls_on_a_fixed_batch(tmp_path):
+    cfg = _cfg(tmp_path, "train.iterations=40", "train.steps=[39]", "train.warmup_iters=5", "train.base_lr=0.08",
+               "data.flip_prob=0", "train.batch_size=1", "data.subset=" + str(tmp_path / "one.json"))
+    (tmp_path / "one.json").write_text('{"image_ids": [1]}')
+    train(cfg)
+    losses = [ln["loss"] for ln in _lines(tmp_path / "run", "train")]
+    assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5
+
+
+@pytest.mark.slow
+def test_run_folder_and_exact_resume(tmp_path):
+    extra = ["train.iterations=6", "train.steps=[4]", "train.warmup_iters=2", "train.checkpoint_period=3",
+             "train.eval_period=3"]
+    full = train(_cfg(tmp_path / "a", *extra))
+    run_a = tmp_path / "a" / "run"
+    assert {p.name for p in run_a.iterdir()} >= {"config.yaml", "metrics.jsonl", "eval", "model_0000006.pth"}
+    evals = _lines(run_a, "eval")
+    assert [e["iteration"] for e in evals] == [3, 6] and "segm" in evals[-1] and "AP75" in evals[-1]["bbox"]
+    assert full["samples"]["images"] == 12 and full["samples"]["instances"] == 24  # 2 non-crowd per image
+
+    cfg_b = _cfg(tmp_path / "b", *extra)
+    train(cfg_b)
+    run_b = tmp_path / "b" / "run"
+    (run_b / "model_0000006.pth").unlink()  # as if killed after the checkpoint at 3
+    with pytest.raises(ConfigError, match="--resume"):
+        train(cfg_b)
+    train(cfg_b, resume=True)
+    iters = [ln["iteration"] for ln in _lines(run_b, "train")]
+    assert iters == [1, 2, 3, 4, 5, 6]  # the lines after 3 were logged again, once
+    lrs_a = [ln["lr"] for ln in _lines(run_a, "train")]
+    assert [ln["lr"] for ln in _lines(run_b, "train")] == lrs_a and lrs_a[4] == pytest.approx(lrs_a[3] * 0.1)
+    a, b = load_checkpoint(run_a / "model_0000006.pth"), load_checkpoint(run_b / "model_0000006.pth")
+    assert b["iteration"] == 6 and b["samples"] == a["samples"]
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k  # bit-identical to the uninterrupted run
+    assert [p.name for p in list_checkpoints(run_b)] == ["model_0000003.pth", "model_0000006.pth"]
+
+
+@pytest.mark.slow
+def test_eval_cli_on_checkpoint(tmp_path, capsys):
+    cfg = _cfg(tmp_path, "train.iterations=2", "train.steps=[1]", "train.warmup_iters=0")
+    train(cfg)
+    ann = tmp_path / "data" / "ann.json"
+    rc = main(["eval", "configs/models/cpu.yaml", *TINY, f"data.val={ann}", f"output_dir={tmp_path / 'run'}",
+               "--weights", str(tmp_path / "run" / "model_0000002.pth"), "--out", str(tmp_path / "ev")])
+    assert rc == 0 and "bbox" in capsys.readouterr().out
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert set(metrics) == {"bbox", "segm"}
+    dets = json.loads((tmp_path / "ev" / "detections.json").read_text())
+    assert all(d["category_id"] in (3, 7) for d in dets)  # the file's own category ids
+
+
+def test_bad_output_dir(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match="not writable"):
+        train(_cfg(tmp_path, f"output_dir={tmp_path / 'file' / 'sub'}", "train.iterations=2", "train.steps=[1]",
+                   "train.warmup_iters=0"))
