@@ -173,10 +173,13 @@ COMMANDS = {"config": cmd_config, "model": cmd_model, "train": cmd_train, "eval"
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from fromscratch.errors import FromScratchError
+    from fromscratch.errors import FromScratchError, Stopped
 
     try:
         return COMMANDS[args.cmd](args)
+    except Stopped as e:
+        print(str(e), file=sys.stderr)
+        return 130
     except FromScratchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -18,6 +18,10 @@ class DataError(FromScratchError):
     """A dataset file that cannot be read or does not pass validation."""
 
 
+class Stopped(FromScratchError):
+    """A run stopped cleanly on SIGTERM/SIGINT after writing a checkpoint."""
+
+
 def where(file: object, record: object | None = None, field: str | None = None) -> str:
     """Format a location as ``file, record R, field F`` for error messages."""
     parts = [str(file)]

@@ -29,7 +29,7 @@ from fromscratch.engine import checkpoint as ckpt
 from fromscratch.engine import distributed as D
 from fromscratch.engine.optim import build_optimizer
 from fromscratch.engine.schedule import Plan, make_plan
-from fromscratch.errors import ConfigError, FromScratchError
+from fromscratch.errors import ConfigError, FromScratchError, Stopped
 from fromscratch.evaluation.predict import ap_table, evaluate_results, iou_types_for, predict
 from fromscratch.models.build import build_model
 from fromscratch.utils import atomic_write_text
@@ -191,18 +191,95 @@ def _batch_samples(images: list[torch.Tensor], targets: list[dict]) -> Samples:
     return Samples(*(int(v) for v in s.tolist()))
 
 
-def _check_finite(run: Run, it: int, losses: dict[str, torch.Tensor], targets: list[dict]) -> bool:
-    total = sum(float(v.detach()) for v in losses.values())
-    if math.isfinite(total):
+def _reduce(losses: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Loss values averaged over processes (what is logged and checked), so every rank agrees."""
+    vals = torch.stack([v.detach().float() for v in losses.values()])
+    if D.is_dist():
+        torch.distributed.all_reduce(vals)
+        vals /= D.world_size()
+    return dict(zip(losses, vals.tolist()))
+
+
+def _check_finite(run: Run, it: int, values: dict[str, float], targets: list[dict]) -> bool:
+    if math.isfinite(sum(values.values())):
         return True
     if run.cfg.train.skip_nonfinite_steps:
         print(f"iteration {it + 1}: non-finite loss, step skipped (train.skip_nonfinite_steps)")
         return False
     path = save(run, it)  # the state before this step: the last good one
-    detail = ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
+    detail = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
     raise FromScratchError(
         f"non-finite loss at iteration {it + 1}: {detail}; lr={run.plan.lr_at(it):.4g}; images "
         f"{[t['image_id'] for t in targets]}. Last good state saved to {path}. Known causes: {DIVERGENCE_HINTS}")
+
+
+class StopRequest:
+    """SIGTERM / SIGINT set a flag; the loop checkpoints at the end of the iteration and exits.
+    Across processes the flag is all-reduced, so every rank stops at the same iteration."""
+
+    def __init__(self) -> None:
+        import signal
+
+        self.flag = False
+        self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.flag = True
+
+    def requested(self) -> bool:
+        if not D.is_dist():
+            return self.flag
+        f = torch.tensor([float(self.flag)])
+        torch.distributed.all_reduce(f)
+        return bool(f.item())
+
+    def restore(self) -> None:
+        import signal
+
+        for s, h in self.previous.items():
+            signal.signal(s, h)
+
+
+def _step(run: Run, it: int, images: list, targets: list, amp: torch.dtype | None, scaler: Any) -> dict[str, float]:
+    """One SGD iteration at the schedule's LR; returns the (process-averaged) loss values."""
+    t = run.cfg.train
+    for g in run.optimizer.param_groups:
+        g["lr"] = run.plan.lr_at(it)
+    images = [im.to(run.device, non_blocking=True).float().div_(255) for im in images]
+    targets = [{k: (v.to(run.device) if torch.is_tensor(v) else v) for k, v in tg.items()} for tg in targets]
+    with torch.autocast(run.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        losses = run.model(images, targets)
+    run.samples.add(_batch_samples(images, targets))
+    values = _reduce(losses)
+    if not _check_finite(run, it, values, targets):
+        return values
+    loss = sum(losses.values())
+    run.optimizer.zero_grad(set_to_none=True)
+    (scaler.scale(loss) if scaler else loss).backward()
+    if scaler:
+        scaler.unscale_(run.optimizer)
+    if t.clip_grad_norm:
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), t.clip_grad_norm)
+    if scaler:
+        scaler.step(run.optimizer)
+        scaler.update()
+    else:
+        run.optimizer.step()
+    return values
+
+
+def _after_eval(run: Run, done: int, metrics: dict[str, Any], best: float) -> float:
+    """Keep ``model_best.pth``: the checkpoint with the best val AP (first IoU type) so far."""
+    ap = next(iter(metrics.values()))["AP"] if metrics else -1.0
+    if ap > best and D.is_main():
+        model = run.model.module if hasattr(run.model, "module") else run.model
+        ckpt.save_checkpoint(run.out / "model_best.pth", {"model": model.state_dict(), "iteration": done, "AP": ap})
+    return max(ap, best)
+
+
+def _previous_best(out: Path) -> float:
+    path = out / "model_best.pth"
+    return float(ckpt.load_checkpoint(path).get("AP", -1.0)) if path.exists() else -1.0
 
 
 def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
@@ -221,45 +298,32 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
     log = MetricLogger(run.out, run.plan.total_iters, run.start_iter, D.is_main(), t.log_period)
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.amp)
     scaler = torch.amp.GradScaler("cuda") if t.amp == "fp16" else None
+    stop = StopRequest()
     run.model.train()
     metrics: dict[str, Any] = {}
+    best = _previous_best(run.out) if resume else -1.0
     tic = time.perf_counter()
-    for it, (images, targets) in enumerate(loader, start=run.start_iter):
-        data_time = time.perf_counter() - tic
-        lr = run.plan.lr_at(it)
-        for g in run.optimizer.param_groups:
-            g["lr"] = lr
-        images = [im.to(run.device, non_blocking=True).float().div_(255) for im in images]
-        targets = [{k: (v.to(run.device) if torch.is_tensor(v) else v) for k, v in tg.items()} for tg in targets]
-        with torch.autocast(run.device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            losses = run.model(images, targets)
-        run.samples.add(_batch_samples(images, targets))
-        if _check_finite(run, it, losses, targets):
-            loss = sum(losses.values())
-            run.optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(run.optimizer)
-            else:
-                loss.backward()
-            if t.clip_grad_norm:
-                torch.nn.utils.clip_grad_norm_(run.model.parameters(), t.clip_grad_norm)
-            if scaler is not None:
-                scaler.step(run.optimizer)
-                scaler.update()
-            else:
-                run.optimizer.step()
-        done = it + 1
-        log.step(done, {k: float(v.detach()) for k, v in losses.items()}, lr, time.perf_counter() - tic, data_time,
-                 len(images) * D.world_size(), vars(run.samples))
-        last = done == run.plan.total_iters
-        if run.val_ds is not None and ((t.eval_period and done % t.eval_period == 0) or last):
-            metrics = evaluate_run(run, done)
-            log.eval(done, metrics, vars(run.samples))
-        if (t.checkpoint_period and done % t.checkpoint_period == 0) or last:
-            save(run, done)
-        tic = time.perf_counter()
-    log.close()
+    try:
+        for it, (images, targets) in enumerate(loader, start=run.start_iter):
+            data_time = time.perf_counter() - tic
+            values = _step(run, it, images, targets, amp, scaler)
+            done = it + 1
+            log.step(done, values, run.plan.lr_at(it), time.perf_counter() - tic, data_time,
+                     len(images) * D.world_size(), vars(run.samples))
+            last = done == run.plan.total_iters
+            if run.val_ds is not None and ((t.eval_period and done % t.eval_period == 0) or last):
+                metrics = evaluate_run(run, done)
+                log.eval(done, metrics, vars(run.samples))
+                best = _after_eval(run, done, metrics, best)
+            saved = save(run, done) if (t.checkpoint_period and done % t.checkpoint_period == 0) or last else None
+            if not last and stop.requested():
+                path = saved or save(run, done)
+                raise Stopped(f"stopped by signal at iteration {done}; checkpoint {path}. Resume with: "
+                              f"fromscratch train <config> [overrides] --resume  (output_dir={run.out})")
+            tic = time.perf_counter()
+    finally:
+        stop.restore()
+        log.close()
     if D.is_main() and metrics:
         atomic_write_text(run.out / "eval" / "metrics.json", json.dumps(metrics, indent=1))
     return {"output_dir": str(run.out), "iterations": run.plan.total_iters, "metrics": metrics,

@@ -9,12 +9,13 @@ statistics and gradients of BN over the concatenated batch.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torchvision.ops import FrozenBatchNorm2d
 
 NORMS = ("GN", "SyncBN", "FrozenBN", "BN", "none")
@@ -24,8 +25,25 @@ def _world() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-class SyncBatchNorm(nn.SyncBatchNorm):
-    """Cross-process BN that also runs on CPU (gloo) and with empty inputs on some processes."""
+class SyncBatchNorm(_BatchNorm):
+    """Cross-process BN that also runs on CPU (gloo) and with empty inputs on some processes.
+
+    Not a subclass of ``nn.SyncBatchNorm``: DDP refuses those in CPU modules. On CUDA it runs
+    ``nn.SyncBatchNorm.forward`` (the same attributes: ``process_group`` and the BN buffers).
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 process_group: Any = None) -> None:
+        super().__init__(num_features, eps, momentum, affine=True, track_running_stats=True)
+        self.process_group = process_group
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {x.dim()}D input)")
+
+    def _check_non_zero_input_channels(self, x: torch.Tensor) -> None:
+        if x.size(1) == 0:
+            raise ValueError("SyncBatchNorm number of input channels should be non-zero")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or _world() == 1:
@@ -33,7 +51,7 @@ class SyncBatchNorm(nn.SyncBatchNorm):
                                 self.training, self.momentum if self.momentum is not None else 0.1, self.eps) \
                 if x.numel() else x * self.weight.view(1, -1, *[1] * (x.dim() - 2))
         if x.is_cuda:
-            return super().forward(x)
+            return nn.SyncBatchNorm.forward(self, x)  # type: ignore[arg-type]
         return self._allreduce_forward(x)
 
     def _allreduce_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -89,7 +107,7 @@ def norm_factory(name: str, gn_groups: int = 32) -> Callable[[int], nn.Module] |
     raise ValueError(f"unknown norm {name!r}; expected one of {NORMS}")
 
 
-NORM_TYPES = (nn.GroupNorm, nn.BatchNorm2d, nn.SyncBatchNorm, FrozenBatchNorm2d, nn.LayerNorm)
+NORM_TYPES = (nn.GroupNorm, _BatchNorm, FrozenBatchNorm2d, nn.LayerNorm)
 
 
 def is_norm(m: nn.Module) -> bool:
@@ -100,7 +118,7 @@ def is_norm(m: nn.Module) -> bool:
 def norm_kind(m: nn.Module) -> str:
     if isinstance(m, nn.GroupNorm):
         return "GN"
-    if isinstance(m, nn.SyncBatchNorm):
+    if isinstance(m, (nn.SyncBatchNorm, SyncBatchNorm)):
         return "SyncBN"
     if isinstance(m, FrozenBatchNorm2d) or "Frozen" in type(m).__name__:
         return "FrozenBN"
