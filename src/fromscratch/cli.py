@@ -57,6 +57,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(sc)
     sc.add_argument("--dataset-size", type=int, help="training images (default: count data.train)")
 
+    pt = sub.add_parser("pretrain", help="classification pre-training of the trunk (the 'ImageNet' stage)")
+    _add_config_args(pt)
+    st = sub.add_parser("study", help="plan and run a study (arms x schedules x data sizes x seeds), then report")
+    st.add_argument("study", help="study YAML (see configs/demo.yaml)")
+    st.add_argument("--plan-only", action="store_true", help="write plan.json and subsets, train nothing")
+    rp = sub.add_parser("report", help="rebuild report.md and plots from a study folder (no training)")
+    rp.add_argument("study_dir")
+    sub.add_parser("demo", help="the main job: configs/demo.yaml (what `make demo` runs)")
+
     val = sub.add_parser("validate", help="check a dataset and list every problem (exit 1 if any)")
     val.add_argument("dataset", help="COCO json, VOC folder or VOC ImageSets .txt")
     val.add_argument("--image-root", help="folder the file names are relative to (default: the json's folder)")
@@ -167,7 +176,49 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"config": cmd_config, "model": cmd_model, "train": cmd_train, "eval": cmd_eval,
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from fromscratch.config import load_config
+    from fromscratch.study.pretrain import pretrain
+
+    r = pretrain(load_config(args.config, args.overrides))
+    print(f"pre-trained {r['backbone']} ({r['norm']}) on {r['source']}: {r['images']:,} images at "
+          f"{r['image_size']} px, {r['epochs']:.2f} epochs, {r['wall_time_s']} s; held-out top-1 {r['val_top1']}")
+    print(f"trunk weights: {r['output']}/backbone.pth (use as model.backbone.weights)")
+    return 0
+
+
+def cmd_study(args: argparse.Namespace, path: str | None = None) -> int:
+    from fromscratch.study.report import write_report
+    from fromscratch.study.runner import run_study
+
+    study_dir = run_study(path or args.study, plan_only=getattr(args, "plan_only", False))
+    if getattr(args, "plan_only", False):
+        print(f"plan written to {study_dir}/plan.json")
+        return 0
+    return _print_report(*write_report(study_dir))
+
+
+def _print_report(path: Path, verdicts: list[str]) -> int:
+    print(f"\nreport: {path}")
+    for v in verdicts:
+        print(f"- {v}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from fromscratch.study.report import write_report
+
+    return _print_report(*write_report(args.study_dir))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    print("fromscratch demo: pre-train on fashion-mnist, then scratch vs pre-trained Mask R-CNN on fashion-scenes "
+          "(configs/demo.yaml)", flush=True)
+    return cmd_study(args, "configs/demo.yaml")
+
+
+COMMANDS = {"config": cmd_config, "pretrain": cmd_pretrain, "study": cmd_study, "report": cmd_report,
+            "demo": cmd_demo, "model": cmd_model, "train": cmd_train, "eval": cmd_eval,
             "schedule": cmd_schedule, "data": cmd_data, "validate": cmd_validate}
 
 

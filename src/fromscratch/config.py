@@ -114,6 +114,7 @@ class TrainConfig(_Strict):
     eval_period: int = 0  # 0: evaluate only at the end
     checkpoint_period: int = 0  # 0: only at the end
     keep_checkpoints: int = 2
+    checkpoint_at: list[int] = []  # extra checkpoints kept whatever keep_checkpoints says (study branch points)
     seed: int = 0
     threads: int | None = None
     skip_nonfinite_steps: bool = False
@@ -125,8 +126,25 @@ class EvalConfig(_Strict):
     max_images: int | None = None
 
 
+class PretrainConfig(_Strict):
+    """The classification pre-training stage (the paper's "ImageNet" stage, at our scale)."""
+
+    source: str = "fashion-mnist"  # or an ImageNet-style folder with train/<class>/*.jpg
+    image_size: int = 32
+    epochs: float = 1.0
+    max_images: int | None = None  # a seeded subset of the source's training images
+    val_images: int = 2000  # held out from the source's train split for top-1
+    batch_size: int = 64
+    lr: float = 0.1
+    weight_decay: float = 1e-4
+    warmup_iters: int = 50
+    seed: int = 0
+    output: str = "runs/pretrain"
+
+
 class Config(_Strict):
     data: DataConfig = DataConfig()
+    pretrain: PretrainConfig = PretrainConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()

