@@ -45,6 +45,8 @@ def test_run_folder_and_exact_resume(tmp_path):
     evals = _lines(run_a, "eval")
     assert [e["iteration"] for e in evals] == [3, 6] and "segm" in evals[-1] and "AP75" in evals[-1]["bbox"]
     assert full["samples"]["images"] == 12 and full["samples"]["instances"] == 24  # 2 non-crowd per image
+    best = load_checkpoint(run_a / "model_best.pth")
+    assert best["AP"] == max(e["bbox"]["AP"] for e in evals) and best["iteration"] in (3, 6)
 
     cfg_b = _cfg(tmp_path / "b", *extra)
     train(cfg_b)

@@ -132,3 +132,16 @@ def test_model_show_cli(capsys):
     assert main(["model", "show", "configs/models/cpu.yaml", "--size", "128"]) == 0
     out = capsys.readouterr().out
     assert "frozen parameters: 0" in out and "trunk: GN x" in out and "FLOPs" in out
+
+
+def test_timm_backbone_with_gn():
+    """Any timm features_only trunk under the FPN, its BatchNorms swapped for the chosen norm."""
+    cfg = load_config("configs/models/cpu.yaml", SMALL + ["model.backbone.name=timm:resnet18",
+                                                          "model.meta_arch=faster_rcnn"])
+    model = build_model(cfg, 3)
+    assert set(norm_table(model)["trunk"]) == {"GN"}
+    model.train()
+    losses = model([torch.rand(3, 96, 96)], [_targets()])
+    assert all(torch.isfinite(v) for v in losses.values())
+    with pytest.raises(ConfigError, match="timm has no features_only model"):
+        build_model(load_config("configs/models/cpu.yaml", ["model.backbone.name=timm:not_a_model"]), 3)

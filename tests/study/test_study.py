@@ -118,7 +118,9 @@ def test_verdict_on_synthetic_metrics(tmp_path):
     finals = {("scratch", "all", "1x"): [10, 20], ("scratch", "all", "2x"): [20, 30.5],
               ("pretrained", "all", "1x"): [25, 31], ("pretrained", "all", "2x"): [28, 31.2],
               ("scratch", "100", "1x"): [2, 5], ("scratch", "100", "2x"): [4, 8],
-              ("pretrained", "100", "1x"): [10, 15], ("pretrained", "100", "2x"): [12, 16]}
+              ("pretrained", "100", "1x"): [10, 15], ("pretrained", "100", "2x"): [12, 16],
+              ("scratch", "10", "1x"): [0, 0.2], ("scratch", "10", "2x"): [0, 0.5],
+              ("pretrained", "10", "1x"): [0.1, 0.3], ("pretrained", "10", "2x"): [0.2, 1.5]}
     runs = []
     for (arm, size, sched), aps in finals.items():
         total = 100 if sched == "1x" else 200
@@ -126,7 +128,7 @@ def test_verdict_on_synthetic_metrics(tmp_path):
         runs.append({**r, "arm": arm, "size": size if size == "all" else int(size), "schedule": sched, "seed": 0,
                      "overrides": [], "first_drop": total // 3, "branch_from": None, "branch_iter": 0})
     plan = {"study": {"arms": [{"name": "scratch", "weights": None}, {"name": "pretrained", "weights": "stage"}],
-                      "schedules": ["1x", "2x"], "data_sizes": ["all", 100], "seeds": [0], "tolerance": 1.0,
+                      "schedules": ["1x", "2x"], "data_sizes": ["all", 100, 10], "seeds": [0], "tolerance": 1.0,
                       "description": "synthetic"}, "detector": "x", "train_size": 1000, "runs": runs}
     (sd / "plan.json").write_text(json.dumps(plan))
     path, texts = write_report(sd)
@@ -135,5 +137,19 @@ def test_verdict_on_synthetic_metrics(tmp_path):
     assert v["all"]["scratch_images"] == 400 and v["all"]["pretrained_images"] == 400 + 5000
     assert v["all"]["early_gap"] == pytest.approx(11.0)  # 1x finals: 31 vs 20
     assert not v["100"]["matches"] and v["100"]["gap"] == pytest.approx(8.0)
+    assert v["100"]["early_gap"] == pytest.approx(10.0) and "pre-training is ahead by 10.0 AP" in texts[1]
+    assert v["10"]["undecided"] and "too little learning to tell" in texts[2]  # both below 2 x tolerance
     assert "matches pre-training" in texts[0] and "pre-training wins by 8.0 AP" in texts[1]
+    assert "arms are level" not in texts[0] and "pre-training is ahead by 11.0 AP" in texts[0]
     assert "| all | scratch | 20.0 | 30.5 |" in path.read_text()
+
+
+@pytest.mark.slow
+def test_parallel_study_runs_subprocesses(tmp_path):
+    """parallel: 2 runs chains as 1-thread `fromscratch train` subprocesses (what `make demo` does)."""
+    path = _study(tmp_path, arms=["scratch", {"name": "scratch_b", "overrides": {"train.seed": 1}}],
+                  schedules=["1x"], data_sizes=[2], parallel=2)
+    sd = run_study(path)
+    for name in ("scratch_2_1x_s0", "scratch_b_2_1x_s0"):
+        assert (sd / "runs" / name / "model_0000012.pth").exists(), (sd / "runs" / name / "log.txt").read_text()
+        assert "threads: 1" in (sd / "runs" / name / "config.yaml").read_text()

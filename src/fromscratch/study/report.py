@@ -4,7 +4,8 @@ The verdict is computed, not written: for each data size, scratch "matches" a pr
 best AP over schedules is within ``max(tolerance, 2 x seed std)`` of the pre-trained arm's best
 (the paper's run-to-run spread on small sets is 0.5-2 AP); then the report names the first schedule
 where it does and the extra samples it took. Otherwise pre-training wins by the gap (the paper's
-breakdown regime, 1k-3.5k COCO images).
+breakdown regime, 1k-3.5k COCO images). When neither arm reaches twice the tolerance, the report
+says there was too little learning to tell instead of declaring a tie.
 """
 from __future__ import annotations
 
@@ -109,6 +110,8 @@ def verdicts(plan: dict, table: dict[tuple[str, str, str], Cell]) -> list[dict[s
             first = scheds[0]
             if pre.get(first) and scr.get(first):
                 v["early_gap"] = pre[first].mean() - scr[first].mean()  # type: ignore[union-attr]
+            v["floor"] = 2 * tol
+            v["undecided"] = max(best_pre, best_scr) < v["floor"]  # both arms barely learned: no verdict
             catch = next((s for s in scheds if scr.get(s) and scr[s].mean() >= best_pre - tol), None)  # type: ignore[union-attr]
             v["matches"] = catch is not None
             if catch:
@@ -122,6 +125,10 @@ def verdicts(plan: dict, table: dict[tuple[str, str, str], Cell]) -> list[dict[s
 
 def verdict_text(v: dict[str, Any]) -> str:
     head = f"**{v['size']} images, {v['scratch']} vs {v['arm']}:** "
+    if v.get("undecided"):
+        return (head + f"too little learning to tell: both arms stay below {v['floor']:.1f} AP (best "
+                f"{v['best_scratch']:.1f} scratch, {v['best_pretrained']:.1f} pre-trained); train longer or on "
+                "more data.")
     if v["matches"]:
         cost = (f"It saw {fmt(v['scratch_images'])} images, against {fmt(v['pretrained_images'])} for the "
                 f"pre-trained arm's best run, pre-training included.")
@@ -133,8 +140,13 @@ def verdict_text(v: dict[str, Any]) -> str:
                 f"{v['best_pretrained_schedule']} vs {v['best_scratch']:.1f} at {v['best_scratch_schedule']}; "
                 f"tolerance ±{v['tolerance']:.1f}): with this little data or this short a schedule, scratch does "
                 "not catch up (the paper's breakdown regime).")
-    if "early_gap" in v:
-        text += f" At the shortest schedule, pre-training is ahead by {v['early_gap']:.1f} AP (faster convergence)."
+    gap = v.get("early_gap")
+    if gap is not None and gap > v["tolerance"]:
+        text += f" At the shortest schedule pre-training is ahead by {gap:.1f} AP: it converges faster."
+    elif gap is not None and gap < -v["tolerance"]:
+        text += f" At the shortest schedule scratch is ahead by {-gap:.1f} AP."
+    elif gap is not None:
+        text += " At the shortest schedule the arms are level."
     return text
 
 

@@ -90,7 +90,7 @@ def execute(run: PlannedRun, study: Study, base: Path, study_dir: Path) -> str:
     threads = ["train.threads=1"] if study.parallel > 1 else []
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "log.txt", "a") as log:
-        proc = subprocess.run(launcher + ["-m", "fromscratch", "train", str(cfg_file), "--resume", *threads],
+        proc = subprocess.run(launcher + ["-m", "fromscratch", "train", str(cfg_file), *threads, "--resume"],
                               stdout=log, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         raise FromScratchError(f"run {run.name} failed (exit {proc.returncode}); see {folder / 'log.txt'}")
