@@ -33,7 +33,7 @@ def batch(size: int, gen: torch.Generator, n: int = 2, k: int = 4) -> tuple[list
     return images, targets
 
 
-def measure(preset: str, size: int, steps: int) -> float:
+def measure(preset: str, size: int, steps: int, amp: bool = False) -> float:
     cfg = load_config(preset, ["model.backbone.weights=null", "model.backbone.norm=GN"]
                       if "efficientnet" not in preset else [])
     model = build_model(cfg, 10).train()
@@ -43,7 +43,8 @@ def measure(preset: str, size: int, steps: int) -> float:
     for i in range(steps + 2):
         images, targets = batch(size, gen)
         t = time.perf_counter()
-        loss = sum(model(images, targets).values())
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            loss = sum(model(images, targets).values())
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -58,14 +59,19 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--presets", nargs="*", default=PRESETS)
+    ap.add_argument("--bf16", action="store_true", help="also measure with bf16 autocast (train.amp=bf16)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    rows = [(p, measure(p, args.size, args.steps)) for p in args.presets]
+    rows = []
+    for p in args.presets:  # fp32 and bf16 of one preset side by side, so their ratio is fair
+        rows.append((p, measure(p, args.size, args.steps), measure(p, args.size, args.steps, True) if args.bf16 else None))
     base = rows[0][1]
-    print(f"| preset | s/step (batch 2, {args.size} px, {args.threads} threads) | vs first |")
-    print("|---|---|---|")
-    for p, t in rows:
-        print(f"| `{p}` | {t:.2f} | {t / base:.1f}x |")
+    head = f"| preset | s/step fp32 (batch 2, {args.size} px, {args.threads} threads) | vs first |"
+    print(head + (" s/step bf16 | bf16 / fp32 |" if args.bf16 else ""))
+    print("|---|---|---|" + ("---|---|" if args.bf16 else ""))
+    for p, t, b in rows:
+        extra = f" {b:.2f} | {b / t:.2f} |" if b is not None else ""
+        print(f"| `{p}` | {t:.2f} | {t / base:.1f}x |" + extra)
 
 
 if __name__ == "__main__":

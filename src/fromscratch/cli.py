@@ -34,6 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--num-val", type=int, default=200, help="fashion-scenes: validation scenes")
     prep.add_argument("--image-size", type=int, default=256, help="fashion-scenes: side of a scene in px")
     prep.add_argument("--seed", type=int, default=0)
+    show = data.add_parser("show", help="draw images with their annotations into one grid PNG")
+    show.add_argument("dataset", help="COCO json, VOC folder or ImageSets .txt")
+    show.add_argument("--n", type=int, default=16, help="how many images (a seeded choice)")
+    show.add_argument("--ids", type=int, nargs="*", help="these image ids instead")
+    show.add_argument("--seed", type=int, default=0)
+    show.add_argument("--cols", type=int, default=4)
+    show.add_argument("--out", required=True, help="output PNG")
     sub_p = data.add_parser("subset", help="write a seeded image-id list (nested across sizes)")
     sub_p.add_argument("dataset", help="COCO json")
     sub_p.add_argument("--size", type=int, required=True)
@@ -53,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(ev)
     ev.add_argument("--weights", required=True, help="a checkpoint (model_*.pth) or a model state dict")
     ev.add_argument("--out", help="folder for detections.json and metrics.json (default: output_dir/eval)")
+    pr = sub.add_parser("predict", help="detections drawn on images (files or folders) + COCO results json")
+    pr.add_argument("config")
+    pr.add_argument("images", nargs="+", help="image files or folders")
+    pr.add_argument("--weights", required=True)
+    pr.add_argument("--out", required=True, help="output folder")
+    pr.add_argument("--score-thresh", type=float, default=0.5)
+    pr.add_argument("--set", dest="overrides", nargs="*", default=[], help="config overrides, e.g. data.test_scale=800")
     sc = sub.add_parser("schedule", help="print the schedule plan: iterations, LR drops, epochs, samples")
     _add_config_args(sc)
     sc.add_argument("--dataset-size", type=int, help="training images (default: count data.train)")
@@ -84,6 +98,12 @@ def cmd_config(args: argparse.Namespace) -> int:
 def cmd_data(args: argparse.Namespace) -> int:
     if args.sub == "subset":
         return _data_subset(args)
+    if args.sub == "show":
+        from fromscratch.evaluation.show import show_dataset
+
+        n = show_dataset(args.dataset, args.out, args.n, args.ids, args.seed, args.cols)
+        print(f"{n} images drawn to {args.out}")
+        return 0
     out = Path(args.out) / args.name
     cache = Path(args.out) / "cache"
     if args.name == "trees":
@@ -165,6 +185,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from fromscratch.config import load_config
+    from fromscratch.evaluation.show import predict_images
+
+    r = predict_images(load_config(args.config, args.overrides), args.weights, args.images, args.out,
+                       args.score_thresh)
+    print(f"{r['written']} image(s) drawn, {r['detections']} detections, {len(r['skipped'])} skipped; "
+          f"written to {r['out']}/ (detections.json, images.json)")
+    return 0
+
+
 def cmd_schedule(args: argparse.Namespace) -> int:
     from fromscratch.config import load_config
     from fromscratch.engine.schedule import describe, make_plan
@@ -217,7 +248,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return cmd_study(args, "configs/demo.yaml")
 
 
-COMMANDS = {"config": cmd_config, "pretrain": cmd_pretrain, "study": cmd_study, "report": cmd_report,
+COMMANDS = {"predict": cmd_predict, "config": cmd_config, "pretrain": cmd_pretrain, "study": cmd_study, "report": cmd_report,
             "demo": cmd_demo, "model": cmd_model, "train": cmd_train, "eval": cmd_eval,
             "schedule": cmd_schedule, "data": cmd_data, "validate": cmd_validate}
 

@@ -93,4 +93,56 @@ def plot_all(plan: dict, results: list, out: Path) -> list[str]:
     fig.savefig(out / "loss_and_ap.png", dpi=90)
     plt.close(fig)
     names.append("loss_and_ap.png")
+    fig_name = prediction_figure(plan, results, out)
+    if fig_name:
+        names.append(fig_name)
     return names
+
+
+def _detections(folder: Path, iteration: int) -> list[dict]:
+    import json
+
+    path = folder / "eval" / f"detections_{iteration:07d}.json"
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def prediction_figure(plan: dict, results: list, out: Path, n_images: int = 3, score: float = 0.3) -> str | None:
+    """The same val images predicted by each arm at its first and its final evaluation (largest data size):
+    what "pre-training converges faster" looks like. Drawn from the runs' saved detections."""
+    import numpy as np
+
+    from fromscratch.config import load_config
+    from fromscratch.data.loader import load_image
+    from fromscratch.data.sources import load_dataset
+    from fromscratch.study.plan import _dotted
+    from fromscratch.visualize import draw, grid, save_png
+
+    study = plan["study"]
+    cfg = load_config(plan["detector"], _dotted(study["overrides"]))
+    if not cfg.data.val:
+        return None
+    val = load_dataset(cfg.data.val, check_images=False)
+    c2l = {c: lab for lab, c in val.label_to_cat_id.items()}
+    size = str(study["data_sizes"][0])
+    scheds = sorted(study["schedules"], key=parse_multiplier)
+    records = val.records[:n_images]
+    tiles, titles = [], []
+    for arm in [a["name"] for a in study["arms"]]:
+        runs = {r.run["schedule"]: r for r in results if r.run["arm"] == arm and str(r.run["size"]) == size
+                and r.run["seed"] == min(study["seeds"]) and r.evals}
+        if scheds[0] not in runs or scheds[-1] not in runs:
+            continue
+        first, last = runs[scheds[0]], runs[scheds[-1]]
+        for label, run, it in (("early", first, first.evals[0]["iteration"]), ("final", last, last.evals[-1]["iteration"])):
+            dets = _detections(out / "runs" / run.run["name"], it)
+            for rec in records:
+                mine = [d for d in dets if d["image_id"] == rec.image_id and d["score"] >= score]
+                boxes = np.array([[d["bbox"][0], d["bbox"][1], d["bbox"][0] + d["bbox"][2], d["bbox"][1] + d["bbox"][3]]
+                                  for d in mine]).reshape(-1, 4)
+                tiles.append(draw(load_image(rec.file_name), boxes, [c2l.get(d["category_id"], 0) for d in mine],
+                                  val.class_names, [d["score"] for d in mine]))
+                titles.append(f"{arm} {label} (it {it})")
+    if not tiles:
+        return None
+    save_png(grid(tiles, cols=len(records), tile=224, titles=titles), out / "predictions.png")
+    return "predictions.png"
