@@ -25,7 +25,7 @@ class _Strict(BaseModel):
 class DataConfig(_Strict):
     """Dataset files and the paper's input pipeline (short side 800, max 1333, flip only)."""
 
-    format: Literal["coco", "voc"] = "coco"
+    format: Literal["auto", "coco", "voc"] = "auto"  # auto: a folder or .txt is VOC, a .json is COCO
     train: str | None = None  # COCO json, or VOC folder (with Annotations/ and JPEGImages/)
     val: str | None = None
     image_root: str | None = None  # default: the folder of the json file

@@ -1,6 +1,7 @@
 """The loop: it learns, logs, evaluates, checkpoints, and resumes where it stopped."""
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -85,3 +86,31 @@ def test_bad_output_dir(tmp_path):
     with pytest.raises(ConfigError, match="not writable"):
         train(_cfg(tmp_path, f"output_dir={tmp_path / 'file' / 'sub'}", "train.iterations=2", "train.steps=[1]",
                    "train.warmup_iters=0"))
+
+
+def _voc_fixture(root):
+    from PIL import Image
+
+    (root / "Annotations").mkdir(parents=True)
+    (root / "JPEGImages").mkdir()
+    for i in range(2):
+        Image.fromarray((np.random.default_rng(i).random((48, 64, 3)) * 255).astype(np.uint8)).save(
+            root / "JPEGImages" / f"{i:06d}.jpg")
+        (root / "Annotations" / f"{i:06d}.xml").write_text(
+            f"<annotation><filename>{i:06d}.jpg</filename><size><width>64</width><height>48</height></size>"
+            "<object><name>dog</name><difficult>0</difficult><bndbox><xmin>5</xmin><ymin>5</ymin><xmax>30</xmax>"
+            "<ymax>40</ymax></bndbox></object><object><name>cat</name><difficult>1</difficult><bndbox><xmin>35"
+            "</xmin><ymin>10</ymin><xmax>60</xmax><ymax>30</ymax></bndbox></object></annotation>")
+    return root
+
+
+@pytest.mark.slow
+def test_voc_dataset_trains_and_reports_voc_map(tmp_path):
+    voc = _voc_fixture(tmp_path / "VOC")
+    cfg = load_config("configs/models/cpu.yaml", TINY + ["model.meta_arch=faster_rcnn", f"data.train={voc}",
+                                                         f"data.val={voc}", f"output_dir={tmp_path / 'run'}",
+                                                         "train.iterations=2", "train.steps=[1]",
+                                                         "train.warmup_iters=0", "model.roi.score_thresh=0.0"])
+    result = train(cfg)
+    assert set(result["metrics"]) == {"voc"}
+    assert {"AP50", "AP75", "AP50_11point"} <= set(result["metrics"]["voc"])

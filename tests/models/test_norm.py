@@ -1,6 +1,5 @@
 """SyncBN across 2 gloo processes equals BN over the concatenated batch, forward and backward,
 with unequal batch sizes and with one process holding zero samples."""
-import os
 
 import pytest
 import torch

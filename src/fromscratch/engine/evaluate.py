@@ -5,17 +5,16 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from fromscratch.config import Config
-from fromscratch.data.coco import dataset_to_coco, read_json
+from fromscratch.data.coco import read_json
 from fromscratch.data.sources import load_dataset
 from fromscratch.data.subsets import read_subset
 from fromscratch.data.transforms import resized_shape
 from fromscratch.engine.checkpoint import load_checkpoint
 from fromscratch.engine.trainer import pick_device
 from fromscratch.errors import ConfigError
-from fromscratch.evaluation.predict import ap_table, evaluate_results, iou_types_for, predict
+from fromscratch.evaluation.predict import ap_table, evaluate_dataset, predict
 from fromscratch.models.build import build_model
 from fromscratch.utils import atomic_write_text
 
@@ -38,8 +37,7 @@ def evaluate_checkpoint(cfg: Config, weights: str, out: str | None = None) -> tu
     model = build_model(cfg, num_classes).to(device)
     model.load_state_dict(state)
     results = predict(model, val, device, d.num_workers)
-    metrics = evaluate_results(dataset_to_coco(val), results, iou_types_for(val, cfg.model.meta_arch),
-                               cfg.eval.backend)
+    metrics = evaluate_dataset(val, results, cfg.model.meta_arch, cfg.eval.backend)
     folder = Path(out) if out else Path(cfg.output_dir) / "eval"
     atomic_write_text(folder / "detections.json", json.dumps(results))
     atomic_write_text(folder / "metrics.json", json.dumps(metrics, indent=1))

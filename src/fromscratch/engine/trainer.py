@@ -20,7 +20,6 @@ import torch
 from torch import nn
 
 from fromscratch.config import Config, dump_config
-from fromscratch.data.coco import dataset_to_coco
 from fromscratch.data.loader import train_loader
 from fromscratch.data.records import Dataset
 from fromscratch.data.sources import load_dataset
@@ -30,7 +29,7 @@ from fromscratch.engine import distributed as D
 from fromscratch.engine.optim import build_optimizer
 from fromscratch.engine.schedule import Plan, make_plan
 from fromscratch.errors import ConfigError, FromScratchError, Stopped
-from fromscratch.evaluation.predict import ap_table, evaluate_results, iou_types_for, predict
+from fromscratch.evaluation.predict import ap_table, evaluate_dataset, predict
 from fromscratch.models.build import build_model
 from fromscratch.utils import atomic_write_text
 
@@ -175,10 +174,9 @@ def evaluate_run(run: Run, iteration: int) -> dict[str, Any]:
     results = predict(model, run.val_ds, run.device, run.cfg.data.num_workers, run.cfg.eval.max_images)
     metrics: dict[str, Any] = {}
     if D.is_main():
-        gt = dataset_to_coco(run.val_ds if not run.cfg.eval.max_images else
-                             run.val_ds.subset([r.image_id for r in run.val_ds.records[:run.cfg.eval.max_images]]))
-        metrics = evaluate_results(gt, results, iou_types_for(run.val_ds, run.cfg.model.meta_arch),
-                                   run.cfg.eval.backend)
+        n = run.cfg.eval.max_images
+        ds = run.val_ds.subset([r.image_id for r in run.val_ds.records[:n]]) if n else run.val_ds
+        metrics = evaluate_dataset(ds, results, run.cfg.model.meta_arch, run.cfg.eval.backend)
         (run.out / "eval").mkdir(exist_ok=True)
         atomic_write_text(run.out / "eval" / f"detections_{iteration:07d}.json", json.dumps(results))
     return metrics

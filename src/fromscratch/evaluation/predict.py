@@ -55,6 +55,8 @@ def predict(model: nn.Module, ds: Dataset, device: torch.device, num_workers: in
 
 
 def iou_types_for(ds: Dataset, meta_arch: str) -> list[str]:
+    if any(r.difficult is not None for r in ds.records):  # read from VOC XML: VOC mAP
+        return ["voc"]
     types = ["bbox"]
     if meta_arch == "mask_rcnn" and ds.has_masks:
         types.append("segm")
@@ -63,8 +65,17 @@ def iou_types_for(ds: Dataset, meta_arch: str) -> list[str]:
     return types
 
 
-def evaluate_results(gt: dict, results: list[dict], iou_types: list[str], backend: str) -> dict[str, Any]:
-    return {t: evaluate(gt, results, t, backend) for t in iou_types}
+def evaluate_dataset(ds: Dataset, results: list[dict], meta_arch: str, backend: str) -> dict[str, Any]:
+    """{iou type: metrics}: COCO AP for bbox/segm/keypoints, or VOC mAP for a VOC dataset."""
+    types = iou_types_for(ds, meta_arch)
+    if types == ["voc"]:
+        from fromscratch.evaluation.voc import evaluate_voc
+
+        return {"voc": evaluate_voc(ds, results)}
+    from fromscratch.data.coco import dataset_to_coco
+
+    gt = dataset_to_coco(ds)
+    return {t: evaluate(gt, results, t, backend) for t in types}
 
 
 def ap_table(metrics: dict[str, Any]) -> str:
