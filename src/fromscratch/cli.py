@@ -79,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="rebuild report.md and plots from a study folder (no training)")
     rp.add_argument("study_dir")
     sub.add_parser("demo", help="the main job: configs/demo.yaml (what `make demo` runs)")
+    cf = sub.add_parser("configs", help="list configs/paper/ with the number the paper reports for each")
+    cf.add_argument("--dir", default="configs/paper")
 
     val = sub.add_parser("validate", help="check a dataset and list every problem (exit 1 if any)")
     val.add_argument("dataset", help="COCO json, VOC folder or VOC ImageSets .txt")
@@ -248,7 +250,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return cmd_study(args, "configs/demo.yaml")
 
 
-COMMANDS = {"predict": cmd_predict, "config": cmd_config, "pretrain": cmd_pretrain, "study": cmd_study, "report": cmd_report,
+def cmd_configs(args: argparse.Namespace) -> int:
+    files = sorted(Path(args.dir).glob("*.yaml"))
+    if not files:
+        print(f"no configs in {args.dir}")
+        return 1
+    width = max(len(f.name) for f in files)
+    for f in files:
+        paper = next((ln[len("# paper:"):].strip() for ln in f.read_text().splitlines() if ln.startswith("# paper:")),
+                     "(no paper number)")
+        print(f"{f.name:{width}s}  {paper}")
+    return 0
+
+
+COMMANDS = {"configs": cmd_configs, "predict": cmd_predict, "config": cmd_config, "pretrain": cmd_pretrain, "study": cmd_study, "report": cmd_report,
             "demo": cmd_demo, "model": cmd_model, "train": cmd_train, "eval": cmd_eval,
             "schedule": cmd_schedule, "data": cmd_data, "validate": cmd_validate}
 
@@ -265,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     except FromScratchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `fromscratch configs | head`
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -120,8 +120,33 @@ class TimmFPN(nn.Module):
         return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(self.body(x))))
 
 
+class VGG16C5(nn.Module):
+    """VGG-16 up to conv5_3 (stride 16, no last max-pool) as the paper's no-FPN, no-norm Faster R-CNN
+    trunk; ``body.features`` has torchvision's ``vgg16`` key names, so its ImageNet weights load."""
+
+    def __init__(self, norm: str = "none", gn_groups: int = 32):
+        super().__init__()
+        from torchvision.models import vgg16
+
+        self.body = nn.Module()
+        layers = list(vgg16(weights=None).features.children())[:-1]  # drop pool5: stride 16
+        if norm != "none":  # the paper's VGG has no norm; others get one after every conv
+            make = norm_factory(norm, gn_groups)
+            assert make is not None
+            layers = [m for layer in layers for m in ([layer, make(layer.out_channels)]
+                                                       if isinstance(layer, nn.Conv2d) else [layer])]
+        self.body.features = nn.Sequential(*layers)
+        self.out_channels = 512
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body.features(x)
+
+
 def build_backbone(name: str, norm: str, gn_groups: int, fpn_channels: int, fpn_norm: str) -> nn.Module:
-    """Trunk + FPN by name: a torchvision ResNet/ResNeXt, ``timm:<name>``, or ``imagenet:<name>``."""
+    """Trunk + FPN by name: a torchvision ResNet/ResNeXt, ``timm:<name>``, ``imagenet:<name>``, or
+    ``vgg16`` (no FPN: one stride-16 feature map)."""
+    if name == "vgg16":
+        return VGG16C5(norm, gn_groups)
     if name in RESNETS:
         return resnet_fpn(name, norm, gn_groups, fpn_channels, fpn_norm)
     if name in IMAGENET:

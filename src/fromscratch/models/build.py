@@ -18,6 +18,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from fromscratch.config import Config
 from fromscratch.models import heads
 from fromscratch.models.backbones import IMAGENET, build_backbone
+from fromscratch.errors import ConfigError
 from fromscratch.models.init import (LoadReport, check_scratch_settings, freeze_stages, load_trunk, lukemelas_to_timm,
                                      msra_fill, read_state_dict)
 
@@ -81,7 +82,9 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
     if scratch:
         check_scratch_settings(bb.norm, bb.freeze_at, bb.force)
     backbone = build_backbone(bb.name, bb.norm, bb.gn_groups, m.fpn.channels, m.fpn.norm)
-    sizes = tuple((s,) for s in m.rpn.anchor_sizes)
+    has_fpn = hasattr(backbone, "fpn")
+    # FPN: one anchor size per level P2-P6; a single feature map (VGG-16) takes every size
+    sizes = tuple((s,) for s in m.rpn.anchor_sizes) if has_fpn else (tuple(m.rpn.anchor_sizes),)
     anchors = AnchorGenerator(sizes, (tuple(m.rpn.aspect_ratios),) * len(sizes))
     rpn = m.rpn
     kwargs: dict[str, Any] = dict(
@@ -94,10 +97,16 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
         box_batch_size_per_image=m.roi.batch_size_per_image, box_positive_fraction=m.roi.positive_fraction,
         **_roi_heads(cfg, backbone.out_channels, num_classes))
     arch = {"faster_rcnn": FasterRCNN, "mask_rcnn": MaskRCNN, "keypoint_rcnn": KeypointRCNN}[m.meta_arch]
+    if not has_fpn:
+        from torchvision.ops import MultiScaleRoIAlign
+
+        kwargs["box_roi_pool"] = MultiScaleRoIAlign(["0"], 7, 2)
+        if m.meta_arch != "faster_rcnn":
+            raise ConfigError(f"model.backbone.name={bb.name}: no FPN, so only meta_arch=faster_rcnn (the paper's VGG-16)")
     model = arch(backbone, num_classes=None, **kwargs)
     model.transform = FromScratchTransform(cfg.data.test_scale, cfg.data.max_size, m.pixel_mean, m.pixel_std)
     # heads (and FPN) always start from scratch; the trunk too unless weights are given
-    head_parts = [backbone.fpn, model.roi_heads.box_head]
+    head_parts = ([backbone.fpn] if has_fpn else []) + [model.roi_heads.box_head]
     for name in ("mask_head", "keypoint_head"):
         if getattr(model.roi_heads, name, None) is not None:
             head_parts.append(getattr(model.roi_heads, name))

@@ -117,8 +117,14 @@ def prediction_figure(plan: dict, results: list, out: Path, n_images: int = 3, s
     from fromscratch.study.plan import _dotted
     from fromscratch.visualize import draw, grid, save_png
 
+    from fromscratch.errors import FromScratchError
+
     study = plan["study"]
-    cfg = load_config(plan["detector"], _dotted(study["overrides"]))
+    try:
+        cfg = load_config(plan["detector"], _dotted(study.get("overrides", {})))
+    except FromScratchError as e:  # the study's detector config moved: the figure needs its data.val
+        print(f"report: no predictions figure ({str(e).splitlines()[0]})")
+        return None
     if not cfg.data.val:
         return None
     val = load_dataset(cfg.data.val, check_images=False)
