@@ -79,16 +79,19 @@ class RoIConfig(_Strict):
     keypoint_head_dim: int = 512
     score_thresh: float = 0.05
     detections_per_img: int = 100
+    cascade_ious: list[float] = [0.5, 0.6, 0.7]  # Cascade R-CNN stages (Cai & Vasconcelos; detectron2)
+    cascade_stage_weights: list[float] = [1.0, 0.5, 0.25]
 
 
 class ModelConfig(_Strict):
-    meta_arch: Literal["mask_rcnn", "faster_rcnn", "keypoint_rcnn"] = "mask_rcnn"
+    meta_arch: Literal["mask_rcnn", "faster_rcnn", "keypoint_rcnn", "cascade_rcnn", "cascade_mask_rcnn"] = "mask_rcnn"
     num_classes: int | None = None  # default: the training set's categories
     num_keypoints: int = 17
     backbone: BackboneConfig = BackboneConfig()
     fpn: FPNConfig = FPNConfig()
     rpn: RPNConfig = RPNConfig()
     roi: RoIConfig = RoIConfig()
+    cascade_from_iter: int | None = None  # train as one stage until here, then the whole cascade (Table 3)
     pixel_mean: list[float] = [0.485, 0.456, 0.406]  # on [0, 1] inputs (torchvision's ImageNet values)
     pixel_std: list[float] = [0.229, 0.224, 0.225]
 
@@ -140,6 +143,10 @@ class PretrainConfig(_Strict):
     warmup_iters: int = 50
     seed: int = 0
     output: str = "runs/pretrain"
+
+
+def has_masks(meta_arch: str) -> bool:
+    return meta_arch in ("mask_rcnn", "cascade_mask_rcnn")
 
 
 class Config(_Strict):

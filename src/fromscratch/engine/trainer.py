@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fromscratch.config import Config, dump_config
+from fromscratch.config import Config, dump_config, has_masks
 from fromscratch.data.loader import train_loader
 from fromscratch.data.records import Dataset
 from fromscratch.data.sources import load_dataset
@@ -128,7 +128,9 @@ def setup(cfg: Config, resume: bool = False) -> Run:
         _resume(run)
     if D.is_dist():
         run.model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                                        else None, find_unused_parameters=False)
+                                                        else None,
+                                                        # stages 2+ idle before cascade_from_iter
+                                                        find_unused_parameters=cfg.model.cascade_from_iter is not None)
     return run
 
 
@@ -247,6 +249,10 @@ def _step(run: Run, it: int, images: list, targets: list, amp: torch.dtype | Non
     t = run.cfg.train
     for g in run.optimizer.param_groups:
         g["lr"] = run.plan.lr_at(it)
+    k = run.cfg.model.cascade_from_iter
+    if k is not None:  # one stage until iteration k, then the whole cascade (a function of it: resume stays exact)
+        heads = (run.model.module if hasattr(run.model, "module") else run.model).roi_heads
+        heads.active_stages = 1 if it < k else len(run.cfg.model.roi.cascade_ious)
     images = [im.to(run.device, non_blocking=True).float().div_(255) for im in images]
     targets = [{k: (v.to(run.device) if torch.is_tensor(v) else v) for k, v in tg.items()} for tg in targets]
     with torch.autocast(run.device.type, dtype=amp or torch.float32, enabled=amp is not None):
@@ -294,7 +300,7 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
     loader = train_loader(run.train_ds, TrainTransform(d.train_scales, d.scale_sampling, d.max_size, d.flip_prob,
                                                        flip_map),
                           t.batch_size, t.seed, run.start_iter, run.plan.total_iters,
-                          with_masks=cfg.model.meta_arch == "mask_rcnn",
+                          with_masks=has_masks(cfg.model.meta_arch),
                           with_keypoints=cfg.model.meta_arch == "keypoint_rcnn", num_workers=d.num_workers,
                           group=d.aspect_ratio_grouping, rank=D.rank(), world_size=D.world_size())
     log = MetricLogger(run.out, run.plan.total_iters, run.start_iter, D.is_main(), t.log_period)

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fromscratch.config import has_masks
 from fromscratch.data.loader import eval_loader
 from fromscratch.data.masks import encode_mask
 from fromscratch.data.records import Dataset
@@ -58,7 +59,7 @@ def iou_types_for(ds: Dataset, meta_arch: str) -> list[str]:
     if any(r.difficult is not None for r in ds.records):  # read from VOC XML: VOC mAP
         return ["voc"]
     types = ["bbox"]
-    if meta_arch == "mask_rcnn" and ds.has_masks:
+    if has_masks(meta_arch) and ds.has_masks:
         types.append("segm")
     if meta_arch == "keypoint_rcnn" and ds.has_keypoints:
         types.append("keypoints")

@@ -15,7 +15,7 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-from fromscratch.config import Config
+from fromscratch.config import Config, has_masks
 from fromscratch.models import heads
 from fromscratch.models.backbones import IMAGENET, build_backbone
 from fromscratch.errors import ConfigError
@@ -63,13 +63,31 @@ def _roi_heads(cfg: Config, channels: int, num_classes: int) -> dict[str, Any]:
         "box_head": heads.box_head(r.box_head, channels, 7, r.conv_dim, r.fc_dim, r.norm, g),
         "box_predictor": FastRCNNPredictor(r.fc_dim, num_classes + 1),
     }
-    if m.meta_arch == "mask_rcnn":
+    if has_masks(m.meta_arch):
         out["mask_head"] = heads.mask_head(channels, r.mask_head_convs, r.mask_head_dim, r.norm, g)
         out["mask_predictor"] = MaskRCNNPredictor(r.mask_head_dim, r.mask_head_dim, num_classes + 1)
     if m.meta_arch == "keypoint_rcnn":
         out["keypoint_head"] = heads.KeypointHead(channels, r.keypoint_head_dim, 8, r.norm, g)
         out["keypoint_predictor"] = KeypointRCNNPredictor(r.keypoint_head_dim, m.num_keypoints)
     return out
+
+
+def cascade_heads(cfg: Config, rh: nn.Module, channels: int, num_classes: int) -> nn.Module:
+    """Cascade R-CNN RoI heads from the built one-stage heads: stage 1 keeps its box head."""
+    from fromscratch.models.cascade import AgnosticPredictor, CascadeRoIHeads
+
+    r, g = cfg.model.roi, cfg.model.backbone.gn_groups
+    n = len(r.cascade_ious)
+    if len(r.cascade_stage_weights) != n:
+        raise ConfigError(f"model.roi.cascade_stage_weights has {len(r.cascade_stage_weights)} values for "
+                          f"{n} stages (model.roi.cascade_ious)")
+    box_heads = [rh.box_head] + [heads.box_head(r.box_head, channels, 7, r.conv_dim, r.fc_dim, r.norm, g)
+                                 for _ in range(n - 1)]
+    return CascadeRoIHeads(box_heads, [AgnosticPredictor(r.fc_dim, num_classes + 1) for _ in range(n)],
+                           r.cascade_ious, r.cascade_stage_weights, box_roi_pool=rh.box_roi_pool,
+                           batch_size_per_image=r.batch_size_per_image, positive_fraction=r.positive_fraction,
+                           score_thresh=r.score_thresh, nms_thresh=0.5, detections_per_img=r.detections_per_img,
+                           mask_roi_pool=rh.mask_roi_pool, mask_head=rh.mask_head, mask_predictor=rh.mask_predictor)
 
 
 def build_model(cfg: Config, num_classes: int) -> nn.Module:
@@ -96,7 +114,8 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
         box_score_thresh=m.roi.score_thresh, box_detections_per_img=m.roi.detections_per_img,
         box_batch_size_per_image=m.roi.batch_size_per_image, box_positive_fraction=m.roi.positive_fraction,
         **_roi_heads(cfg, backbone.out_channels, num_classes))
-    arch = {"faster_rcnn": FasterRCNN, "mask_rcnn": MaskRCNN, "keypoint_rcnn": KeypointRCNN}[m.meta_arch]
+    arch = {"faster_rcnn": FasterRCNN, "mask_rcnn": MaskRCNN, "keypoint_rcnn": KeypointRCNN,
+            "cascade_rcnn": FasterRCNN, "cascade_mask_rcnn": MaskRCNN}[m.meta_arch]
     if not has_fpn:
         from torchvision.ops import MultiScaleRoIAlign
 
@@ -104,9 +123,12 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
         if m.meta_arch != "faster_rcnn":
             raise ConfigError(f"model.backbone.name={bb.name}: no FPN, so only meta_arch=faster_rcnn (the paper's VGG-16)")
     model = arch(backbone, num_classes=None, **kwargs)
+    if m.meta_arch.startswith("cascade"):
+        model.roi_heads = cascade_heads(cfg, model.roi_heads, backbone.out_channels, num_classes)
     model.transform = FromScratchTransform(cfg.data.test_scale, cfg.data.max_size, m.pixel_mean, m.pixel_std)
     # heads (and FPN) always start from scratch; the trunk too unless weights are given
     head_parts = ([backbone.fpn] if has_fpn else []) + [model.roi_heads.box_head]
+    head_parts += list(getattr(model.roi_heads, "extra_heads", []))
     for name in ("mask_head", "keypoint_head"):
         if getattr(model.roi_heads, name, None) is not None:
             head_parts.append(getattr(model.roi_heads, name))
