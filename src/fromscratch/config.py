@@ -126,6 +126,9 @@ class TrainConfig(_Strict):
 
 class EvalConfig(_Strict):
     backend: Literal["faster_coco_eval", "pycocotools"] = "faster_coco_eval"
+    tta: bool = False  # test-time augmentation (evaluation/tta.py)
+    tta_scales: list[int] = [400, 500, 600, 700, 800, 900, 1000, 1100, 1200]
+    tta_flip: bool = True
     max_images: int | None = None
 
 

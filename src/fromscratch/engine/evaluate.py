@@ -15,6 +15,7 @@ from fromscratch.engine.checkpoint import load_checkpoint
 from fromscratch.engine.trainer import pick_device
 from fromscratch.errors import ConfigError
 from fromscratch.evaluation.predict import ap_table, evaluate_dataset, predict
+from fromscratch.evaluation.tta import tta_spec
 from fromscratch.models.build import build_model
 from fromscratch.utils import atomic_write_text
 
@@ -36,7 +37,7 @@ def evaluate_checkpoint(cfg: Config, weights: str, out: str | None = None) -> tu
     device = pick_device(cfg.train.device)
     model = build_model(cfg, num_classes).to(device)
     model.load_state_dict(state)
-    results = predict(model, val, device, d.num_workers)
+    results = predict(model, val, device, d.num_workers, tta=tta_spec(cfg))
     metrics = evaluate_dataset(val, results, cfg.model.meta_arch, cfg.eval.backend)
     folder = Path(out) if out else Path(cfg.output_dir) / "eval"
     atomic_write_text(folder / "detections.json", json.dumps(results))

@@ -30,6 +30,7 @@ from fromscratch.engine.optim import build_optimizer
 from fromscratch.engine.schedule import Plan, make_plan
 from fromscratch.errors import ConfigError, FromScratchError, Stopped
 from fromscratch.evaluation.predict import ap_table, evaluate_dataset, predict
+from fromscratch.evaluation.tta import tta_spec
 from fromscratch.models.build import build_model
 from fromscratch.utils import atomic_write_text
 
@@ -173,7 +174,8 @@ def save(run: Run, iteration: int) -> Path:
 def evaluate_run(run: Run, iteration: int) -> dict[str, Any]:
     assert run.val_ds is not None
     model = run.model.module if hasattr(run.model, "module") else run.model
-    results = predict(model, run.val_ds, run.device, run.cfg.data.num_workers, run.cfg.eval.max_images)
+    results = predict(model, run.val_ds, run.device, run.cfg.data.num_workers, run.cfg.eval.max_images,
+                      tta_spec(run.cfg))
     metrics: dict[str, Any] = {}
     if D.is_main():
         n = run.cfg.eval.max_images

@@ -15,6 +15,7 @@ from fromscratch.data.masks import encode_mask
 from fromscratch.data.records import Dataset
 from fromscratch.engine import distributed as D
 from fromscratch.evaluation.coco import evaluate
+from fromscratch.evaluation.tta import TTASpec, tta_predict
 
 
 def outputs_to_results(out: dict[str, torch.Tensor], image_id: int, label_to_cat: dict[int, int]) -> list[dict]:
@@ -40,15 +41,20 @@ def outputs_to_results(out: dict[str, torch.Tensor], image_id: int, label_to_cat
 
 @torch.no_grad()
 def predict(model: nn.Module, ds: Dataset, device: torch.device, num_workers: int = 2,
-            max_images: int | None = None) -> list[dict]:
-    """COCO results for every image of ``ds`` (all processes' shards, gathered on every rank)."""
+            max_images: int | None = None, tta: TTASpec | None = None) -> list[dict]:
+    """COCO results for every image of ``ds`` (all processes' shards, gathered on every rank), with
+    test-time augmentation when ``tta`` is given (eval.tta)."""
     was = model.training
     model.eval()
     records = ds.records[:max_images] if max_images else ds.records
     l2c = ds.label_to_cat_id
     mine: list[dict] = []
     for images, ids in eval_loader(records, num_workers, D.rank(), D.world_size()):
-        outs = model([im.to(device).float().div_(255) for im in images])
+        batch = [im.to(device).float().div_(255) for im in images]
+        if tta is not None:
+            outs = [tta_predict(model, im, tta) for im in batch]
+        else:
+            outs = model(batch)
         for out, iid in zip(outs, ids):
             mine += outputs_to_results(out, iid, l2c)
     model.train(was)
