@@ -154,3 +154,14 @@ def test_skip_nonfinite_steps_keeps_going(tmp_path, capsys):
                                                             "train.skip_nonfinite_steps=true"])
     result = train(cfg)
     assert result["iterations"] == 6 and "step skipped" in capsys.readouterr().out
+
+
+def test_missing_data_path_and_foreign_subset(tmp_path):
+    from fromscratch.data.sources import load_dataset
+
+    with pytest.raises(DataError, match="nope.json: dataset not found"):
+        load_dataset(str(tmp_path / "nope.json"))
+    ann = make_coco(tmp_path, num_images=2)
+    (tmp_path / "sub.json").write_text('{"image_ids": [1, 77]}')
+    with pytest.raises(DataError, match=r"sub.json: 1 image id\(s\) are not in .*first: \[77\]"):
+        load_dataset(str(ann), subset=str(tmp_path / "sub.json"))

@@ -153,3 +153,28 @@ def test_parallel_study_runs_subprocesses(tmp_path):
     for name in ("scratch_2_1x_s0", "scratch_b_2_1x_s0"):
         assert (sd / "runs" / name / "model_0000012.pth").exists(), (sd / "runs" / name / "log.txt").read_text()
         assert "threads: 1" in (sd / "runs" / name / "config.yaml").read_text()
+
+
+def test_pretrain_from_image_folder(tmp_path):
+    """An ImageNet-style folder (train/<class>/*, val/<class>/*) as the pre-training source."""
+    import numpy as np
+    from PIL import Image
+
+    from fromscratch.config import load_config
+    from fromscratch.study.pretrain import pretrain
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for cls, value in (("dark", 30), ("bright", 220)):
+            (tmp_path / "src" / split / cls).mkdir(parents=True)
+            for i in range(6):
+                arr = np.clip(value + rng.normal(0, 10, (40, 40, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(arr).save(tmp_path / "src" / split / cls / f"{i}.png")
+    cfg = load_config("configs/models/cpu.yaml", [f"pretrain.source={tmp_path / 'src'}", "pretrain.image_size=32",
+                                                  "pretrain.batch_size=4", "pretrain.epochs=2", "pretrain.warmup_iters=1",
+                                                  f"pretrain.output={tmp_path / 'out'}"])
+    r = pretrain(cfg)
+    assert r["images"] == 24 and r["epochs"] == 2 and r["pixels"] == 24 * 32 * 32  # 12 images x 2 epochs
+    assert r["val_top1"] is not None
+    sd = load_checkpoint(tmp_path / "out" / "backbone.pth")
+    assert "layer4.1.conv2.weight" in sd and not any(k.startswith("fc.") for k in sd)
