@@ -21,12 +21,3 @@ class DataError(FromScratchError):
 class Stopped(FromScratchError):
     """A run stopped cleanly on SIGTERM/SIGINT after writing a checkpoint."""
 
-
-def where(file: object, record: object | None = None, field: str | None = None) -> str:
-    """Format a location as ``file, record R, field F`` for error messages."""
-    parts = [str(file)]
-    if record is not None:
-        parts.append(f"record {record}")
-    if field is not None:
-        parts.append(f"field '{field}'")
-    return ", ".join(parts)

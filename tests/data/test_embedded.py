@@ -43,9 +43,12 @@ def test_fashion_scenes_deterministic_and_exact(tmp_path):
         masks = r.masks()
         assert len(masks) >= 1
         assert not (masks.sum(0) > 1).any()  # occlusion: visible masks never overlap
-        for m, b in zip(masks, r.boxes):
+        for m, b, kp in zip(masks, r.boxes, r.keypoints):
             ys, xs = np.nonzero(m)
             assert [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1] == b.tolist()
+            # extreme-point keypoints lie on the box border: left, right, top, bottom
+            assert kp[0, 0] == xs.min() + 0.5 and kp[1, 0] == xs.max() + 0.5
+            assert kp[2, 1] == ys.min() + 0.5 and kp[3, 1] == ys.max() + 0.5 and (kp[:, 2] == 2).all()
 
 
 def test_fashion_scenes_prepared():

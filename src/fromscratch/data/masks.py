@@ -26,7 +26,3 @@ def encode_mask(mask: np.ndarray) -> dict:
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
     rle["counts"] = rle["counts"].decode("ascii")
     return rle
-
-
-def mask_area(mask: np.ndarray) -> float:
-    return float(mask.sum())

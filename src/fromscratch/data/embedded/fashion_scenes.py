@@ -5,7 +5,8 @@ Why: a COCO-like task (several classes, masks, occlusion, scale variation) that 
 whose objects were never seen by the pre-training stage (that uses the Fashion-MNIST *train* split).
 Each item's mask is its non-dark pixels (the background of Fashion-MNIST is black); items are scaled,
 tinted and pasted in order, later ones occluding earlier ones; masks and boxes are what stays visible,
-and an item with less than ``MIN_VISIBLE`` of itself visible is dropped. Train scenes draw from test
+and an item with less than ``MIN_VISIBLE`` of itself visible is dropped. Each item also has 4
+keypoints, the extreme points of its visible mask (left, right, top, bottom), for Keypoint R-CNN. Train scenes draw from test
 items 0-4999, val scenes from 5000-9999. Everything is a function of the seed: same seed, same bytes.
 """
 from __future__ import annotations
@@ -22,6 +23,18 @@ from fromscratch.data.records import Dataset, Record
 
 MASK_THRESHOLD = 12  # grey level above which a Fashion-MNIST pixel belongs to the item
 MIN_VISIBLE = 0.4
+# keypoints: the extreme points of each item's visible mask (a well-defined, learnable keypoint task)
+KEYPOINTS = ["left", "right", "top", "bottom"]
+SKELETON = [[1, 3], [3, 2], [2, 4], [4, 1]]
+
+
+def extreme_points(mask: np.ndarray) -> np.ndarray:
+    """(4, 3) keypoints (x, y, v=2) at the left-, right-, top- and bottom-most visible pixels."""
+    ys, xs = np.nonzero(mask)
+    out = []
+    for sel in (xs == xs.min(), xs == xs.max(), ys == ys.min(), ys == ys.max()):
+        out.append([float(np.median(xs[sel])) + 0.5, float(np.median(ys[sel])) + 0.5, 2.0])
+    return np.asarray(out, dtype=np.float32)
 
 
 def backgrounds(cache: Path) -> list[np.ndarray]:
@@ -73,10 +86,11 @@ def _record(image_id: int, rel: str, path: Path, size: int, kept: list[tuple[int
         boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
         segs.append(encode_mask(m))
     n = len(kept)
+    kps = np.stack([extreme_points(m) for _, m in kept]) if kept else np.zeros((0, len(KEYPOINTS), 3), np.float32)
     return Record(image_id=image_id, file_name=str(path), width=size, height=size,
                   boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
                   labels=np.asarray([lab for lab, _ in kept], dtype=np.int64), iscrowd=np.zeros(n, dtype=bool),
-                  ann_ids=list(range(first_ann, first_ann + n)), segmentations=segs, file_ref=rel)
+                  ann_ids=list(range(first_ann, first_ann + n)), segmentations=segs, keypoints=kps, file_ref=rel)
 
 
 def prepare_fashion_scenes(out_dir: Path, cache: Path, num_train: int = 1000, num_val: int = 200,
@@ -84,7 +98,7 @@ def prepare_fashion_scenes(out_dir: Path, cache: Path, num_train: int = 1000, nu
     items, labels = load_split("test")
     bgs = backgrounds(cache)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
-    cats = [{"id": i + 1, "name": n} for i, n in enumerate(CLASSES)]
+    cats = [{"id": i + 1, "name": n, "keypoints": KEYPOINTS, "skeleton": SKELETON} for i, n in enumerate(CLASSES)]
     counts = {}
     image_id, ann_id = 1, 1
     for split, n, lo, hi in (("train", num_train, 0, 5000), ("val", num_val, 5000, 10000)):
