@@ -26,7 +26,7 @@ class DataConfig(_Strict):
     """Dataset files and the paper's input pipeline (short side 800, max 1333, flip only)."""
 
     format: Literal["auto", "coco", "voc"] = "auto"  # auto: a folder or .txt is VOC, a .json is COCO
-    train: str | None = None  # COCO json, or VOC folder (with Annotations/ and JPEGImages/)
+    train: str | list[str] | None = None  # COCO json or VOC folder / ImageSets .txt; a list is concatenated
     val: str | None = None
     image_root: str | None = None  # default: the folder of the json file
     subset: str | None = None  # an image-id list written by `fromscratch data subset`

@@ -34,3 +34,12 @@ def test_voc_missing_tag_names_file_object_and_tag(tmp_path):
     root = _voc(tmp_path, XML.replace("<ymax>60</ymax>", ""))
     with pytest.raises(DataError, match=r"000001\.xml, object 0, field 'ymax': missing required tag <ymax>"):
         load_voc(root)
+
+
+def test_several_sources_concatenate(tmp_path):
+    from fromscratch.data.sources import load_sources
+
+    a, b = _voc(tmp_path / "a"), _voc(tmp_path / "b")
+    ds = load_sources([str(a / "ImageSets" / "Main" / "trainval.txt"), str(b)], check_images=False)
+    assert [r.image_id for r in ds.records] == [1, 2] and ds.records[1].ann_ids == [3, 4]
+    assert ds.records[0].file_name.startswith(str(a)) and ds.records[1].file_name.startswith(str(b))

@@ -114,3 +114,14 @@ def test_voc_dataset_trains_and_reports_voc_map(tmp_path):
     result = train(cfg)
     assert set(result["metrics"]) == {"voc"}
     assert {"AP50", "AP75", "AP50_11point"} <= set(result["metrics"]["voc"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra,types", [
+    (["model.meta_arch=keypoint_rcnn", "model.num_keypoints=3", "model.roi.keypoint_head_dim=32"], {"bbox", "keypoints"}),
+    (["model.meta_arch=faster_rcnn", "model.backbone.name=vgg16", "model.backbone.norm=none", "model.fpn.norm=none",
+      "model.roi.norm=none", "model.roi.box_head=2fc"], {"bbox"})], ids=["keypoint_rcnn", "vgg16"])
+def test_keypoint_and_vgg_train_and_evaluate(tmp_path, extra, types):
+    cfg = _cfg(tmp_path, "train.iterations=2", "train.steps=[1]", "train.warmup_iters=0",
+               "model.roi.score_thresh=0.0", *extra)
+    assert set(train(cfg)["metrics"]) == types

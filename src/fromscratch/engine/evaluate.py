@@ -8,7 +8,7 @@ import numpy as np
 
 from fromscratch.config import Config
 from fromscratch.data.coco import read_json
-from fromscratch.data.sources import load_dataset
+from fromscratch.data.sources import load_dataset, load_sources
 from fromscratch.data.subsets import read_subset
 from fromscratch.data.transforms import resized_shape
 from fromscratch.engine.checkpoint import load_checkpoint
@@ -50,8 +50,8 @@ def dataset_stats(cfg: Config) -> tuple[int, float, float]:
     d = cfg.data
     if not d.train:
         raise ConfigError("data.train is not set (or pass --dataset-size)")
-    if Path(d.train).suffix != ".json":
-        ds = load_dataset(d.train, d.format, check_images=False)
+    if not isinstance(d.train, str) or Path(d.train).suffix != ".json":  # VOC, or several sources
+        ds = load_sources(d.train, d.subset, fmt=d.format, check_images=False)
         sizes = [(r.height, r.width) for r in ds.records]
         inst = ds.num_instances() / max(1, len(ds.records))
     else:

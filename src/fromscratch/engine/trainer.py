@@ -22,7 +22,7 @@ from torch import nn
 from fromscratch.config import Config, dump_config, has_masks
 from fromscratch.data.loader import train_loader
 from fromscratch.data.records import Dataset
-from fromscratch.data.sources import load_dataset
+from fromscratch.data.sources import load_dataset, load_sources
 from fromscratch.data.transforms import TrainTransform, keypoint_flip_map
 from fromscratch.engine import checkpoint as ckpt
 from fromscratch.engine import distributed as D
@@ -86,7 +86,7 @@ def load_data(cfg: Config) -> tuple[Dataset, Dataset | None]:
         raise ConfigError("data.train is not set: give a COCO json or VOC folder")
     common = dict(fmt=d.format, image_root=d.image_root, on_invalid=d.on_invalid, check_images=d.check_images,
                   allow_outside_root=d.allow_outside_root)
-    train = load_dataset(d.train, subset=d.subset, **common)
+    train = load_sources(d.train, subset=d.subset, **common)
     val = load_dataset(d.val, **common) if d.val else None
     return train, val
 

@@ -43,7 +43,7 @@ def show_dataset(path: str, out: str, n: int = 16, ids: Sequence[int] | None = N
 
 def _class_names(cfg: Config, num_classes: int) -> list[str]:
     for src in (cfg.data.val, cfg.data.train):
-        if src and src.endswith(".json") and Path(src).exists():
+        if isinstance(src, str) and src.endswith(".json") and Path(src).exists():
             return [c["name"] for c in json.loads(Path(src).read_text())["categories"]]
     return [f"class {i}" for i in range(1, num_classes + 1)]
 

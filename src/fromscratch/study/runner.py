@@ -25,7 +25,7 @@ from fromscratch.utils import atomic_write_text
 
 def _train_ids(study: Study, base: Path) -> list[int]:
     cfg = load_config(base / study.detector, _dotted(study.overrides))
-    if not cfg.data.train or not cfg.data.train.endswith(".json"):
+    if not isinstance(cfg.data.train, str) or not cfg.data.train.endswith(".json"):
         raise FromScratchError("a study needs data.train to be a COCO json (set it in the study's overrides)")
     return [int(i["id"]) for i in read_json(cfg.data.train)["images"]]
 
