@@ -11,12 +11,10 @@ from fromscratch.data.coco import read_json
 from fromscratch.data.sources import load_dataset, load_sources
 from fromscratch.data.subsets import read_subset
 from fromscratch.data.transforms import resized_shape
-from fromscratch.engine.checkpoint import load_checkpoint
 from fromscratch.engine.trainer import pick_device
 from fromscratch.errors import ConfigError
 from fromscratch.evaluation.predict import ap_table, evaluate_dataset, predict
 from fromscratch.evaluation.tta import tta_spec
-from fromscratch.models.build import build_model
 from fromscratch.utils import atomic_write_text
 
 
@@ -28,15 +26,10 @@ def evaluate_checkpoint(cfg: Config, weights: str, out: str | None = None) -> tu
     val = load_dataset(d.val, d.format, d.image_root, d.on_invalid, d.check_images, d.allow_outside_root)
     if cfg.eval.max_images:
         val = val.subset([r.image_id for r in val.records[:cfg.eval.max_images]])
-    state = load_checkpoint(Path(weights))
-    state = state.get("model", state)
-    num_classes = cfg.model.num_classes or val.num_classes
-    cfg = cfg.model_copy(deep=True)
-    cfg.model.backbone.weights = None  # the checkpoint holds every weight: nothing else to load
-    cfg.model.backbone.force = True
+    from fromscratch.evaluation.show import load_for_inference
+
     device = pick_device(cfg.train.device)
-    model = build_model(cfg, num_classes).to(device)
-    model.load_state_dict(state)
+    model = load_for_inference(cfg, weights)[0].to(device)
     results = predict(model, val, device, d.num_workers, tta=tta_spec(cfg))
     metrics = evaluate_dataset(val, results, cfg.model.meta_arch, cfg.eval.backend)
     folder = Path(out) if out else Path(cfg.output_dir) / "eval"
