@@ -116,3 +116,17 @@ def test_backends_agree_on_real_model_outputs(tmp_path):
         fast, ref = evaluate(gt, dets, t, "faster_coco_eval"), evaluate(gt, dets, t, "pycocotools")
         for k in STAT_NAMES:
             assert fast[k] == pytest.approx(ref[k], abs=1e-6), (t, k)
+
+
+@pytest.mark.parametrize("backend", ["faster_coco_eval", "pycocotools"])
+def test_evaluate_leaves_its_inputs_untouched(tmp_path, backend):
+    """The evaluators annotate the records they get (area, id, ignore); evaluate hands them copies."""
+    import json
+
+    ds = load_coco(make_coco(tmp_path, num_images=3))
+    gt, dets = dataset_to_coco(ds), _jittered(ds)
+    assert any("segmentation" in d for d in dets)
+    before = json.dumps([gt, dets], sort_keys=True, default=str)
+    for t in ("bbox", "segm"):
+        evaluate(gt, dets, t, backend)
+    assert json.dumps([gt, dets], sort_keys=True, default=str) == before

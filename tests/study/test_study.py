@@ -178,3 +178,34 @@ def test_pretrain_from_image_folder(tmp_path):
     assert r["val_top1"] is not None
     sd = load_checkpoint(tmp_path / "out" / "backbone.pth")
     assert "layer4.1.conv2.weight" in sd and not any(k.startswith("fc.") for k in sd)
+
+
+def test_suite_runs_each_part_and_joins_the_reports(tmp_path):
+    """A suite (configs/mini_paper.yaml) runs its studies in order, each in its own folder, and one report
+    joins theirs; running it again trains nothing."""
+    parts = []
+    for name in ("a", "b"):
+        p = _study(tmp_path / name, arms=["scratch"], schedules=["1x"], data_sizes=[2], eval_points=1)
+        parts.append(str(p.rename(tmp_path / f"{name}.yaml").name))
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(yaml.safe_dump({"description": "two parts", "parts": parts, "output_dir": str(tmp_path / "out")}))
+    sd = run_study(suite)
+    for name in ("a", "b"):
+        assert (sd / name / "runs" / "scratch_2_1x_s0" / "model_0000012.pth").exists()
+    report, verdicts = write_report(sd)
+    text = report.read_text()
+    assert text.startswith("# Study report: two parts") and "](a/ap_vs_iterations.png)" in text
+    assert "](b/ap_vs_iterations.png)" in text and "## Study report: tiny" in text
+    assert (sd / "a" / "report.md").exists() and (sd / "b" / "report.md").exists()
+    before = (sd / "a" / "runs" / "scratch_2_1x_s0" / "metrics.jsonl").read_text()
+    run_study(suite)
+    assert (sd / "a" / "runs" / "scratch_2_1x_s0" / "metrics.jsonl").read_text() == before
+
+
+def test_suite_names_a_missing_part(tmp_path):
+    from fromscratch.errors import ConfigError
+
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(yaml.safe_dump({"parts": ["nope.yaml"]}))
+    with pytest.raises(ConfigError, match=r"suite.yaml: key 'parts': no such study file.*nope.yaml"):
+        run_study(suite)

@@ -246,8 +246,11 @@ class StopRequest:
             signal.signal(s, h)
 
 
-def _step(run: Run, it: int, images: list, targets: list, amp: torch.dtype | None, scaler: Any) -> dict[str, float]:
-    """One SGD iteration at the schedule's LR; returns the (process-averaged) loss values."""
+def _step(run: Run, it: int, images: list, targets: list, amp: torch.dtype | None, scaler: Any,
+          stages: dict[str, float] | None = None) -> dict[str, float]:
+    """One SGD iteration at the schedule's LR; returns the (process-averaged) loss values.
+    ``stages`` (benchmarks/train_step.py) accumulates seconds spent in forward, backward and optimizer."""
+    tick = time.perf_counter() if stages is not None else 0.0
     t = run.cfg.train
     for g in run.optimizer.param_groups:
         g["lr"] = run.plan.lr_at(it)
@@ -264,8 +267,12 @@ def _step(run: Run, it: int, images: list, targets: list, amp: torch.dtype | Non
     if not _check_finite(run, it, values, targets):
         return values
     loss = sum(losses.values())
+    if stages is not None:
+        tick = _lap(stages, "forward", tick)
     run.optimizer.zero_grad(set_to_none=True)
     (scaler.scale(loss) if scaler else loss).backward()
+    if stages is not None:
+        tick = _lap(stages, "backward", tick)
     if scaler:
         scaler.unscale_(run.optimizer)
     if t.clip_grad_norm:
@@ -275,7 +282,15 @@ def _step(run: Run, it: int, images: list, targets: list, amp: torch.dtype | Non
         scaler.update()
     else:
         run.optimizer.step()
+    if stages is not None:
+        _lap(stages, "optimizer", tick)
     return values
+
+
+def _lap(stages: dict[str, float], name: str, since: float) -> float:
+    now = time.perf_counter()
+    stages[name] = stages.get(name, 0.0) + now - since
+    return now
 
 
 def _after_eval(run: Run, done: int, metrics: dict[str, Any], best: float) -> float:

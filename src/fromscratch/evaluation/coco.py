@@ -29,10 +29,22 @@ def _backend(name: str) -> tuple[Any, Any]:
     return COCO, COCOeval_faster
 
 
+def _records(items: list[dict]) -> list[dict]:
+    """Copies the evaluators may annotate (``area``, ``id``, ``ignore`` ...) without touching the caller's
+    dicts; one level deeper for RLE dicts. A deep copy costs more than the evaluation itself (benchmarks/eval.py)."""
+    out = []
+    for d in items:
+        d = dict(d)
+        if isinstance(d.get("segmentation"), dict):
+            d["segmentation"] = dict(d["segmentation"])
+        out.append(d)
+    return out
+
+
 def _coco_from_dict(cls: Any, gt: dict) -> Any:
     with contextlib.redirect_stdout(io.StringIO()):
         coco = cls()
-        coco.dataset = copy.deepcopy(gt)
+        coco.dataset = {k: (_records(v) if isinstance(v, list) else copy.deepcopy(v)) for k, v in gt.items()}
         coco.createIndex()
     return coco
 
@@ -58,7 +70,7 @@ def evaluate(gt: dict, results: list[dict], iou_type: str, backend: str = "faste
     coco_cls, eval_cls = _backend(backend)
     gt_coco = _coco_from_dict(coco_cls, gt)
     with contextlib.redirect_stdout(io.StringIO()):
-        dt_coco = gt_coco.loadRes(copy.deepcopy(results))
+        dt_coco = gt_coco.loadRes(_records(results))
         ev = eval_cls(gt_coco, dt_coco, iou_type)
         if iou_type == "keypoints":
             num = max((len(c.get("keypoints") or []) for c in gt["categories"]), default=17)

@@ -74,6 +74,43 @@ class Study(BaseModel):
         return out
 
 
+class Suite(BaseModel):
+    """Several studies run and reported together (e.g. configs/mini_paper.yaml: one study per dataset).
+
+    Each part is a study file (relative to the suite file); its runs land in ``output_dir/<part stem>``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    parts: list[str]
+    output_dir: str = "runs/suite"
+    description: str = ""
+
+
+def load_suite(path: str | Path) -> tuple[Suite, Path] | None:
+    """The suite in ``path``, or None when the file is a single study (no ``parts`` key)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: cannot read study file: {e}") from None
+    if not isinstance(raw, dict) or "parts" not in raw:
+        return None
+    try:
+        suite = Suite.model_validate(raw)
+    except ValidationError as e:
+        msgs = [f"{path}: key '{'.'.join(str(p) for p in x['loc'])}': {x['msg']}" for x in e.errors()]
+        raise ConfigError("invalid suite config:\n  " + "\n  ".join(msgs)) from None
+    missing = [p for p in suite.parts if not (path.parent / p).is_file()]
+    if not suite.parts or missing:
+        raise ConfigError(f"{path}: key 'parts': " + (f"no such study file(s): {missing}" if missing
+                                                        else "a suite needs at least one part"))
+    return suite, path.parent
+
+
+def part_dir(suite: Suite, part: str) -> Path:
+    return Path(suite.output_dir) / Path(part).stem
+
+
 @dataclass
 class PlannedRun:
     name: str

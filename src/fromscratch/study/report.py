@@ -10,6 +10,7 @@ says there was too little learning to tell instead of declaring a tie.
 from __future__ import annotations
 
 import json
+import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,11 +176,40 @@ def tables(plan: dict, table: dict[tuple[str, str, str], Cell]) -> list[str]:
     return lines
 
 
+def write_suite_report(suite_dir: Path) -> tuple[Path, list[str]]:
+    """One report for a suite: each part's report rebuilt, then put together (headings one level down,
+    plot links pointing into the part's folder), with every part's verdict at the top."""
+    info = json.loads((suite_dir / "suite.json").read_text())
+    all_texts: list[str] = []
+    body: list[str] = []
+    for part in info["parts"]:
+        if not (suite_dir / part / "plan.json").exists():
+            body += [f"## {part}", "", "not run yet", ""]
+            continue
+        path, texts = write_report(suite_dir / part)
+        all_texts += [f"{part}: {t}" for t in texts]
+        for ln in path.read_text().splitlines():
+            if ln.startswith("#"):
+                ln = "#" + ln
+            body.append(re.sub(r"\]\(([^)/]+\.png)\)", rf"]({part}/\1)", ln))
+        body.append("")
+    lines = [f"# Study report: {info['suite'].get('description') or suite_dir.name}", "",
+             f"{len(info['parts'])} parts: " + ", ".join(f"[{p}]({p}/report.md)" for p in info["parts"]) + ".",
+             "", "## Verdicts", ""]
+    lines += [f"- {t}" for t in all_texts] or ["- not enough finished runs for a verdict"]
+    path = suite_dir / "report.md"
+    path.write_text("\n".join(lines + [""] + body) + "\n")
+    return path, all_texts
+
+
 def write_report(study_dir: str | Path) -> tuple[Path, list[str]]:
-    """Build ``report.md`` and its PNG plots from the run folders; returns the path and verdicts."""
+    """Build ``report.md`` and its PNG plots from the run folders; returns the path and verdicts.
+    A suite's folder (``suite.json``) gets every part's report and one report that joins them."""
     from fromscratch.study.plots import plot_all
 
     study_dir = Path(study_dir)
+    if (study_dir / "suite.json").exists():
+        return write_suite_report(study_dir)
     plan, results = load_results(study_dir)
     table = cells(results)
     vs = verdicts(plan, table)

@@ -19,7 +19,8 @@ from fromscratch.data.coco import read_json
 from fromscratch.data.subsets import choose_subset, write_subset
 from fromscratch.engine import checkpoint as ckpt
 from fromscratch.errors import FromScratchError
-from fromscratch.study.plan import STAGE, PlannedRun, Study, _dotted, chains, load_study, plan_runs, run_config
+from fromscratch.study.plan import (STAGE, PlannedRun, Study, _dotted, chains, load_study, load_suite, part_dir,
+                                    plan_runs, run_config)
 from fromscratch.utils import atomic_write_text
 
 
@@ -97,9 +98,22 @@ def execute(run: PlannedRun, study: Study, base: Path, study_dir: Path) -> str:
     return f"{run.name}: done"
 
 
-def run_study(path: str | Path, plan_only: bool = False) -> Path:
+def run_study(path: str | Path, plan_only: bool = False, output_dir: str | Path | None = None) -> Path:
+    """Run a study (or every part of a suite, in order) and return its folder."""
+    suite = load_suite(path)
+    if suite is not None:
+        s, base = suite
+        out = Path(s.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for part in s.parts:
+            print(f"suite {path}: part {part}", flush=True)
+            run_study(base / part, plan_only, part_dir(s, part))
+        atomic_write_text(out / "suite.json", json.dumps({"suite": s.model_dump(mode="json"),
+                                                          "parts": [Path(p).stem for p in s.parts]}, indent=1))
+        return out
     study, base = load_study(path)
-    study_dir = Path(study.output_dir)
+    study_dir = Path(output_dir or study.output_dir)
+    study = study.model_copy(update={"output_dir": str(study_dir)})
     study_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(study_dir / "study.yaml", Path(path).read_text())
     ids = _train_ids(study, base)
@@ -116,13 +130,16 @@ def run_study(path: str | Path, plan_only: bool = False) -> Path:
     def run_chain(chain: list[PlannedRun]) -> list[str]:
         return [execute(r, study, base, study_dir) for r in chain]
 
+    # longest chains first, so that parallel workers finish together
+    order = sorted(chains(runs), key=lambda c: -sum(r.total_iters - r.branch_iter for r in c))
+
     if study.parallel == 1:
-        for chain in chains(runs):
+        for chain in order:
             for m in run_chain(chain):
                 print(m, flush=True)
     else:
         with ThreadPoolExecutor(max_workers=study.parallel) as pool:
-            for msgs in pool.map(run_chain, chains(runs)):
+            for msgs in pool.map(run_chain, order):
                 for m in msgs:
                     print(m, flush=True)
     return study_dir

@@ -1,0 +1,132 @@
+"""Time to a fixed val AP: the CPU preset against torchvision's default heads on the same trunk.
+
+Both models (configs/models/cpu.yaml and configs/models/cpu_torchvision_heads.yaml: same ResNet-18-GN
+trunk, anchors, data, batch, recipe; only the FPN width and the heads differ) train with
+fromscratch's trainer pieces in alternating time slices (so both see the same machine conditions),
+each evaluated every --eval-every of its own iterations on the same val images. Training wall time
+counts, evaluation time does not (it is reported apart). An arm stops at the target AP, or when its
+training time passes --cap-ratio x the other arm's time to the target: then the ratio is a lower bound
+(">") and the arm's last AP is shown.
+Usage: python benchmarks/time_to_ap.py [--dataset fashion-scenes|trees] [--target 2.0] [--cap-ratio 5.5]
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, table, target, workdir  # noqa: E402
+
+from fromscratch.config import has_masks, load_config  # noqa: E402
+from fromscratch.data.loader import train_loader  # noqa: E402
+from fromscratch.data.transforms import TrainTransform  # noqa: E402
+from fromscratch.engine.trainer import _step, evaluate_run, setup  # noqa: E402
+
+DATASETS = {
+    "fashion-scenes": ["data.train=data/fashion-scenes/train.json", "data.val=data/fashion-scenes/val.json",
+                       "data.train_scales=[96,128]", "data.scale_sampling=range", "data.test_scale=112",
+                       "data.max_size=187"],
+    "trees": ["data.train=data/trees/train.json", "data.val=data/trees/val.json", "model.meta_arch=faster_rcnn",
+              "data.train_scales=[224,288]", "data.scale_sampling=range", "data.test_scale=256",
+              "data.max_size=427"],
+}
+ARMS = {"cpu preset": "configs/models/cpu.yaml", "torchvision heads": "configs/models/cpu_torchvision_heads.yaml"}
+
+
+class Arm:
+    def __init__(self, name: str, config: str, overrides: list[str], out: Path, threads: int):
+        shutil.rmtree(out, ignore_errors=True)
+        self.name = name
+        self.cfg = load_config(config, overrides + [f"output_dir={out}", f"train.threads={threads}"])
+        self.run = setup(self.cfg)
+        d, t = self.cfg.data, self.cfg.train
+        self.loader = iter(train_loader(self.run.train_ds, TrainTransform(d.train_scales, d.scale_sampling, d.max_size,
+                                                                          d.flip_prob, None),
+                                        t.batch_size, t.seed, 0, self.run.plan.total_iters,
+                                        with_masks=has_masks(self.cfg.model.meta_arch), with_keypoints=False,
+                                        num_workers=d.num_workers, group=d.aspect_ratio_grouping))
+        self.it, self.train_s, self.eval_s, self.ap, self.reached = 0, 0.0, 0.0, 0.0, None
+        self.curve: list[tuple[int, float, float]] = []
+
+    def slice(self, seconds: float, eval_every: int, goal: float) -> None:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end and self.reached is None and self.it < self.run.plan.total_iters:
+            tick = time.perf_counter()
+            images, targets = next(self.loader)
+            self.run.model.train()
+            _step(self.run, self.it, images, targets, None, None)
+            self.it += 1
+            self.train_s += time.perf_counter() - tick
+            if self.it % eval_every == 0:
+                tick = time.perf_counter()
+                m = evaluate_run(self.run, self.it)
+                self.eval_s += time.perf_counter() - tick
+                self.ap = float(m["bbox"]["AP"])
+                self.curve.append((self.it, self.train_s, self.ap))
+                if self.ap >= goal:
+                    self.reached = self.train_s
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dataset", choices=sorted(DATASETS), default="fashion-scenes")
+    ap.add_argument("--target", type=float, default=2.0, help="bbox AP to reach")
+    ap.add_argument("--eval-every", type=int, default=25)
+    ap.add_argument("--val-images", type=int, default=50)
+    ap.add_argument("--cap-ratio", type=float, default=5.5)
+    ap.add_argument("--max-minutes", type=float, default=10.0, help="cap on the fast arm's training time")
+    ap.add_argument("--slice", type=float, default=20.0, help="seconds per alternating slice")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    common = DATASETS[args.dataset] + [f"eval.max_images={args.val_images}", "data.num_workers=2",
+                                       "train.base_lr=0.08", "train.warmup_iters=20", "train.iterations=100000",
+                                       "train.steps=[]"]
+    out = workdir("time_to_ap")
+    arms = [Arm(n, c, common, out / n.replace(" ", "_"), args.threads) for n, c in ARMS.items()]
+    fast, slow = arms
+
+    def cap(a: Arm) -> float:
+        other = slow if a is fast else fast
+        if other.reached is not None:
+            return args.cap_ratio * other.reached
+        return args.max_minutes * 60 * (args.cap_ratio if a is slow else 1)
+
+    while True:
+        if fast.reached is None and fast.train_s >= cap(fast):
+            break  # the preset did not reach the target: nothing to compare
+        active = [a for a in arms if a.reached is None and a.train_s < cap(a)]
+        if not active:
+            break
+        for a in active:
+            a.slice(min(args.slice, cap(a) - a.train_s), args.eval_every, args.target)
+    rows = []
+    for a in arms:
+        reached = f"{a.reached:.0f} s" if a.reached is not None else f"not within {a.train_s:.0f} s"
+        per_it = a.train_s / max(1, a.it)
+        rows.append([a.name, ARMS[a.name], a.it, f"{per_it:.2f}", reached, f"{a.ap:.2f}", f"{a.eval_s:.0f} s",
+                     " ".join(f"{i}:{ap:.1f}" for i, _, ap in a.curve)])
+    print(f"## Time to bbox AP {args.target} on {args.dataset}\n")
+    print(f"{' '.join(common)}; batch 2, {args.threads} threads; AP on the first {args.val_images} val images "
+          f"every {args.eval_every} iterations (eval time not counted). {machine()}.\n")
+    print(table(["arm", "config", "iterations", "train s/it", "time to target", "last AP", "eval time",
+                 "AP by iteration"], rows))
+    print()
+    if fast.reached is None:
+        print(f"- target time to AP {args.target}: the CPU preset did not reach it in {fast.train_s:.0f} s "
+              "(raise --max-minutes or lower --target)")
+    elif slow.reached is None:
+        ratio = slow.train_s / fast.reached
+        print(target("time to AP, CPU preset vs torchvision heads (lower bound)", ratio, 5.0) +
+              f" (torchvision heads still at AP {slow.ap:.2f} after {slow.train_s:.0f} s)")
+    else:
+        print(target("time to AP, CPU preset vs torchvision heads", slow.reached / fast.reached, 5.0))
+
+
+if __name__ == "__main__":
+    main()
