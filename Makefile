@@ -47,7 +47,7 @@ demo: data
 	$(PY) -m fromscratch demo
 
 bench: data
-	$(PY) benchmarks/train_step.py --bf16
+	$(PY) benchmarks/run_all.py
 
 clean-data:
 	rm -rf $(DATA)/trees $(DATA)/fashion-mnist $(DATA)/fashion-scenes

@@ -1,43 +1,46 @@
-"""Training step: fromscratch's step against the plain loop of torchvision's detection references, on the
-same network (same weights at the start), the same data, batch and threads, alternating A B A B.
+"""Training step: fromscratch against the plain loop of torchvision's detection references, on the same
+network (same seed, same initial weights), the same data, global batch and cores, alternating A B A B.
 
-Reference (``ref``): what torchvision's references/detection/train.py does around a detection model: a
-DataLoader (same workers) decoding the image to float and the polygons to masks at native size with a
-random flip; the model's GeneralizedRCNNTransform resizes image and masks inside the step (multi-scale
-as a tuple of sizes); sum of losses, ``.item()`` for the finite check, zero_grad, backward, SGD step.
-Ours (``ours``, ``ours_bf16``): fromscratch's trainer pieces as `fromscratch train` runs them: the run set
-up by engine/trainer.setup, the loader of data/loader.py (workers decode, resize and flip uint8 images
-and masks, the model skips the resize), engine/trainer._step (fp32, or bf16 autocast = train.amp=bf16).
-
-Each variant runs blocks of --block steps in turn for --rounds rounds (the first round is warm-up; the
-first step of every block, which waits for fresh workers, is not timed). Prints images/s, per-stage
-seconds (data wait, forward, backward, optimizer), peak resident memory, and the ratio to ``ref``.
-Usage: python benchmarks/train_step.py [--config configs/models/cpu.yaml] [--rounds 4] [--block 6]
+Variants (each a long-lived process, or process group, of its own, so thread and process settings are
+its own; the parent runs one block of --block steps in each in turn, for --rounds rounds):
+- ``ref``: what torchvision's references/detection/train.py does: a DataLoader (2 workers) decoding the
+  image to float and the polygons to masks at native size with a random flip; the model's
+  GeneralizedRCNNTransform resizes image and masks inside the step (multi-scale as a tuple of sizes);
+  sum of losses, ``.item()`` for the finite check, zero_grad, backward, SGD step; 1 process x 2 threads.
+- ``ours``: `fromscratch train` as it runs: engine/trainer.setup, the loader of data/loader.py (workers
+  decode, resize and flip uint8 images and masks; the model skips the resize), engine/trainer._step;
+  1 process x 2 threads.
+- ``ours_ddp2``: `fromscratch train --nproc 2`: 2 processes x 1 thread (gloo), 1 image each, same global
+  batch; gradients all-reduced inside backward.
+- ``*_bf16``: the same with bf16 autocast (train.amp=bf16).
+The first round is warm-up, and the first step of each block (fresh loader workers) is not timed.
+Prints images/s, per-stage seconds (data wait, forward, backward incl. all-reduce, optimizer), peak
+resident memory (all processes of the variant), the ratio to ``ref``, and where ``ours`` spends its time
+(torch.profiler, top operators).
+Usage: python benchmarks/train_step.py [--rounds 4] [--block 6] [--variants ref ours ours_ddp2 ...]
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import math
+import os
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import PeakRSS, machine, median, table, target, workdir  # noqa: E402
 
-from fromscratch.config import has_masks, load_config  # noqa: E402
-from fromscratch.data.loader import load_image, train_loader  # noqa: E402
-from fromscratch.data.transforms import TrainTransform  # noqa: E402
-from fromscratch.engine.trainer import _step, setup  # noqa: E402
-
 DEFAULT_OVERRIDES = ["data.train=data/fashion-scenes/train.json", "data.val=null", "data.train_scales=[96,128]",
                      "data.scale_sampling=range", "data.test_scale=112", "data.max_size=187",
                      "data.num_workers=2", "train.base_lr=0.02", "train.warmup_iters=10", "train.schedule=1x"]
+STAGES = ("data", "forward", "backward", "optimizer")
 
 
 class ReferenceSet(torch.utils.data.Dataset):
@@ -50,6 +53,8 @@ class ReferenceSet(torch.utils.data.Dataset):
         return len(self.records)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, dict]:
+        from fromscratch.data.loader import load_image
+
         r = self.records[i]
         image = torch.from_numpy(load_image(r.file_name)).permute(2, 0, 1).float().div(255)
         keep = ~r.iscrowd
@@ -66,23 +71,13 @@ class ReferenceSet(torch.utils.data.Dataset):
         return image, t
 
 
-def reference_loader(records: list, with_masks: bool, batch: int, workers: int, seed: int):
-    gen = torch.Generator().manual_seed(seed)
-    return torch.utils.data.DataLoader(ReferenceSet(records, with_masks), batch_size=batch, shuffle=True,
-                                       num_workers=workers, collate_fn=lambda b: tuple(zip(*b)), generator=gen,
-                                       drop_last=True)
-
-
-class Variant:
-    def __init__(self, name: str):
-        self.name, self.it, self.times, self.images = name, 0, [], 0
-        self.stages = {"data": 0.0, "forward": 0.0, "backward": 0.0, "optimizer": 0.0}
-        self.timed_steps, self.peak = 0, 0.0
+def _collate(batch: list) -> tuple:
+    return tuple(zip(*batch))
 
 
 def reference_step(model, opt, images, targets, stages: dict) -> None:
     tick = time.perf_counter()
-    images = list(im for im in images)
+    images = list(image for image in images)
     targets = [{k: v for k, v in t.items()} for t in targets]
     loss_dict = model(images, targets)
     losses = sum(loss for loss in loss_dict.values())
@@ -97,85 +92,206 @@ def reference_step(model, opt, images, targets, stages: dict) -> None:
     stages["optimizer"] += time.perf_counter() - tick
 
 
+# ----------------------------------------------------------------------------------------- server side
+def serve(args: argparse.Namespace) -> None:
+    """One variant: set up, then run blocks of steps on command (files in --ctrl), report timings."""
+    import torch.distributed as dist
+    from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+    from fromscratch.config import has_masks, load_config
+    from fromscratch.data.loader import train_loader
+    from fromscratch.data.transforms import TrainTransform
+    from fromscratch.engine import distributed as D
+    from fromscratch.engine.trainer import _step, setup
+
+    v = args.serve
+    ctrl = Path(args.ctrl)
+    ddp = "ddp" in v
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    threads = max(1, args.threads // world)
+    out = ctrl / "run"
+    if int(os.environ.get("RANK", "0")) == 0:
+        shutil.rmtree(out, ignore_errors=True)
+    cfg = load_config(args.config, DEFAULT_OVERRIDES + list(args.overrides) + [
+        f"output_dir={out}", f"train.threads={threads}", f"data.num_workers={max(1, 2 // world)}"])
+    run = setup(cfg)
+    d, t = cfg.data, cfg.train
+    masks = has_masks(cfg.model.meta_arch)
+    amp = torch.bfloat16 if v.endswith("bf16") else None
+    if v.startswith("ref"):
+        model = copy.deepcopy(run.model)
+        lo, hi = d.train_scales[0], d.train_scales[-1]
+        sizes = tuple(range(lo, hi + 1)) if d.scale_sampling == "range" else tuple(d.train_scales)
+        tr = run.model.transform
+        model.transform = GeneralizedRCNNTransform(sizes, d.max_size, tr.image_mean, tr.image_std,
+                                                   size_divisible=tr.size_divisible)
+        opt = torch.optim.SGD(model.parameters(), lr=run.plan.lr_at(20), momentum=t.momentum,
+                              weight_decay=t.weight_decay)
+    transform = TrainTransform(d.train_scales, d.scale_sampling, d.max_size, d.flip_prob, None)
+    it_count = 0
+    (ctrl / f"ready_{D.rank()}").write_text("")
+    n = 0
+    while True:
+        cmd = [None]
+        if D.is_main():
+            path = ctrl / f"cmd_{n}.json"
+            while not path.exists():
+                time.sleep(0.02)
+            cmd = [json.loads(path.read_text())]
+        if ddp:
+            dist.broadcast_object_list(cmd, src=0)
+        cmd = cmd[0]
+        if cmd["op"] == "quit":
+            break
+        if v.startswith("ref"):
+            loader = iter(torch.utils.data.DataLoader(ReferenceSet(run.train_ds.records, masks), batch_size=t.batch_size,
+                                                      shuffle=True, num_workers=d.num_workers, collate_fn=_collate,
+                                                      generator=torch.Generator().manual_seed(n), drop_last=True))
+        else:
+            loader = iter(train_loader(run.train_ds, transform, t.batch_size, t.seed, it_count, it_count + 10 ** 6,
+                                       with_masks=masks, with_keypoints=False, num_workers=d.num_workers,
+                                       group=d.aspect_ratio_grouping, rank=D.rank(), world_size=D.world_size()))
+        stages = {s: 0.0 for s in STAGES}
+        times, images_seen = [], 0
+        prof = None
+        if cmd["op"] == "profile":
+            from torch.profiler import ProfilerActivity, profile
+
+            prof = profile(activities=[ProfilerActivity.CPU])
+        with PeakRSS() as mem:
+            for k in range(cmd["steps"]):
+                if prof is not None and k == 1:
+                    prof.__enter__()
+                own = stages if k > 0 else {s: 0.0 for s in STAGES}
+                tick = time.perf_counter()
+                images, targets = next(loader)
+                own["data"] += time.perf_counter() - tick
+                if v.startswith("ref"):
+                    with torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None):
+                        reference_step(model, opt, images, targets, own)
+                else:
+                    _step(run, it_count, images, targets, amp, None, own)
+                it_count += 1
+                if k > 0:
+                    times.append(time.perf_counter() - tick)
+                    images_seen += t.batch_size
+        peaks = D.gather_objects(mem.peak)
+        del loader
+        if D.is_main():
+            res = {"times": times, "images": images_seen, "stages": stages, "peak_mb": sum(peaks)}
+            if prof is not None:
+                prof.__exit__(None, None, None)
+                ka = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+                total = sum(e.self_cpu_time_total for e in ka)
+                res["ops"] = [[e.key, e.count, e.self_cpu_time_total / 1e6, e.self_cpu_time_total / total]
+                              for e in ka[:12]]
+            tmp = ctrl / f"res_{n}.tmp"
+            tmp.write_text(json.dumps(res))
+            tmp.rename(ctrl / f"res_{n}.json")
+        n += 1
+
+
+# ----------------------------------------------------------------------------------------- parent side
+class Server:
+    def __init__(self, name: str, args: argparse.Namespace):
+        self.name = name
+        self.ctrl = workdir("train_step") / name
+        shutil.rmtree(self.ctrl, ignore_errors=True)
+        self.ctrl.mkdir(parents=True)
+        nproc = 2 if "ddp2" in name else 1
+        launcher = [sys.executable] if nproc == 1 else \
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
+        cmd = launcher + [__file__, "--serve", name, "--ctrl", str(self.ctrl), "--config", args.config,
+                          "--threads", str(args.threads)] + list(args.overrides)
+        self.nproc, self.n = nproc, 0
+        self.log = open(self.ctrl.parent / f"{name}.log", "w")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        self.times: list[float] = []
+        self.images = 0
+        self.stages = {s: 0.0 for s in STAGES}
+        self.peak = 0.0
+        self.ops: list = []
+
+    def ready(self) -> bool:
+        if self.proc.poll() is not None:
+            raise SystemExit(f"variant {self.name} exited; see {self.log.name}")
+        return all((self.ctrl / f"ready_{r}").exists() for r in range(self.nproc))
+
+    def call(self, op: str, steps: int = 0) -> dict:
+        (self.ctrl / f"cmd_{self.n}.json").write_text(json.dumps({"op": op, "steps": steps}))
+        path = self.ctrl / f"res_{self.n}.json"
+        self.n += 1
+        if op == "quit":
+            self.proc.wait(timeout=120)
+            return {}
+        while not path.exists():
+            if self.proc.poll() is not None:
+                raise SystemExit(f"variant {self.name} exited; see {self.log.name}")
+            time.sleep(0.02)
+        return json.loads(path.read_text())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default="configs/models/cpu.yaml")
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--block", type=int, default=6)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--variants", nargs="*", default=["ref", "ours", "ours_bf16"])
+    ap.add_argument("--threads", type=int, default=2, help="cores per variant (split between its processes)")
+    ap.add_argument("--variants", nargs="*", default=["ref", "ours", "ours_ddp2", "ours_bf16", "ours_ddp2_bf16"])
+    ap.add_argument("--profile-steps", type=int, default=4)
+    ap.add_argument("--serve", help=argparse.SUPPRESS)
+    ap.add_argument("--ctrl", help=argparse.SUPPRESS)
     ap.add_argument("overrides", nargs="*", help="dotted config overrides (default: fashion-scenes, 96-128 px)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    out = workdir("train_step")
-    cfg = load_config(args.config, DEFAULT_OVERRIDES + list(args.overrides) +
-                      [f"output_dir={out / 'run'}", f"train.threads={args.threads}"])
-    import shutil
-
-    shutil.rmtree(out / "run", ignore_errors=True)
-    run = setup(cfg)
-    d, t = cfg.data, cfg.train
-    masks = has_masks(cfg.model.meta_arch)
-    # the reference: the same network (weights copied before any step) with torchvision's transform
-    ref_model = copy.deepcopy(run.model)
-    lo, hi = (d.train_scales[0], d.train_scales[-1])
-    sizes = tuple(range(lo, hi + 1)) if d.scale_sampling == "range" else tuple(d.train_scales)
-    tr = run.model.transform
-    ref_model.transform = GeneralizedRCNNTransform(sizes, d.max_size, tr.image_mean, tr.image_std,
-                                                   size_divisible=tr.size_divisible)
-    ref_opt = torch.optim.SGD(ref_model.parameters(), lr=run.plan.lr_at(20), momentum=t.momentum,
-                              weight_decay=t.weight_decay)
-    transform = TrainTransform(d.train_scales, d.scale_sampling, d.max_size, d.flip_prob, None)
-    variants = [Variant(v) for v in args.variants]
-    total = args.rounds * args.block * 4 + 10
-    for rnd in range(args.rounds):
-        for v in variants:
-            if v.name == "ref":
-                ref_model.train()
-                it = iter(reference_loader(run.train_ds.records, masks, t.batch_size, d.num_workers, rnd))
-            else:
-                run.model.train()
-                it = iter(train_loader(run.train_ds, transform, t.batch_size, t.seed, v.it, total, with_masks=masks,
-                                       with_keypoints=False, num_workers=d.num_workers, group=d.aspect_ratio_grouping))
-            with PeakRSS() as mem:
-                for k in range(args.block):
-                    timed = rnd > 0 and k > 0
-                    stages = v.stages if timed else {"data": 0.0, "forward": 0.0, "backward": 0.0, "optimizer": 0.0}
-                    tick = time.perf_counter()
-                    images, targets = next(it)
-                    stages["data"] += time.perf_counter() - tick
-                    if v.name == "ref":
-                        reference_step(ref_model, ref_opt, images, targets, stages)
-                    else:
-                        amp = torch.bfloat16 if v.name.endswith("bf16") else None
-                        _step(run, v.it, images, targets, amp, None, stages)
-                    v.it += 1
-                    if timed:
-                        v.times.append(time.perf_counter() - tick)
-                        v.images += len(images)
-            v.peak = max(v.peak, mem.peak)
-            del it
-    ref = next((v for v in variants if v.name == "ref"), variants[0])
-    ips = {v.name: v.images / sum(v.times) for v in variants}
+    if args.serve:
+        return serve(args)
+    servers = [Server(v, args) for v in args.variants]
+    try:
+        while not all(s.ready() for s in servers):
+            time.sleep(0.2)
+        for rnd in range(args.rounds):
+            for s in servers:
+                res = s.call("steps", args.block)
+                s.peak = max(s.peak, res["peak_mb"])
+                if rnd > 0:
+                    s.times += res["times"]
+                    s.images += res["images"]
+                    for k in STAGES:
+                        s.stages[k] += res["stages"][k]
+        prof = next((s for s in servers if s.name == "ours"), None)
+        if prof is not None and args.profile_steps:
+            prof.ops = prof.call("profile", args.profile_steps + 1)["ops"]
+    finally:
+        for s in servers:
+            if s.proc.poll() is None:
+                try:
+                    s.call("quit")
+                except Exception:  # noqa: BLE001 - a broken variant must not hide the others' results
+                    s.proc.kill()
+    ref = next((s for s in servers if s.name == "ref"), servers[0])
+    ips = {s.name: s.images / sum(s.times) for s in servers}
     rows = []
-    for v in variants:
-        n = len(v.times)
-        total_s = sum(v.times)
-        rows.append([v.name, f"{ips[v.name]:.2f}", f"{median(v.times):.3f}"] +
-                    [f"{v.stages[s] / n:.3f}" for s in ("data", "forward", "backward", "optimizer")] +
-                    [f"{100 * v.stages['data'] / total_s:.1f}%", f"{v.peak:.0f}", f"{ips[v.name] / ips[ref.name]:.2f}x"])
-    print(f"## Training step: fromscratch vs torchvision's reference loop\n")
-    print(f"`{args.config}` + {' '.join(DEFAULT_OVERRIDES + list(args.overrides))}; batch {t.batch_size}, "
-          f"{args.threads} threads, {d.num_workers} workers; {args.rounds - 1} timed rounds of {args.block - 1} steps "
-          f"per variant, alternating. {machine()}.\n")
+    for s in servers:
+        n = len(s.times)
+        rows.append([s.name, f"{ips[s.name]:.2f}", f"{median(s.times):.3f}"] +
+                    [f"{s.stages[k] / n:.3f}" for k in STAGES] +
+                    [f"{100 * s.stages['data'] / sum(s.times):.1f}%", f"{s.peak:.0f}",
+                     f"{ips[s.name] / ips[ref.name]:.2f}x"])
+    print("## Training step: fromscratch vs torchvision's reference loop\n")
+    print(f"`{args.config}` + {' '.join(DEFAULT_OVERRIDES + list(args.overrides))}; global batch 2, {args.threads} "
+          f"cores per variant; {args.rounds - 1} timed rounds of {args.block - 1} steps per variant, alternating. "
+          f"{machine()}.\n")
     print(table(["variant", "images/s", "median s/step", "data s", "forward s", "backward s", "optimizer s",
                  "data share", "peak RSS MB", f"vs {ref.name}"], rows))
     print()
-    if "ours" in ips and "ref" in ips:
-        print(target("training step, ours fp32 vs reference", ips["ours"] / ips["ref"], 1.3))
-    if "ours_bf16" in ips and "ref" in ips:
-        print(target("training step, ours bf16 vs reference", ips["ours_bf16"] / ips["ref"], 1.3))
-    np.random.seed(0)
+    for name in ("ours", "ours_ddp2", "ours_bf16", "ours_ddp2_bf16"):
+        if name in ips and ref.name == "ref":
+            print(target(f"training step, {name} vs ref", ips[name] / ips["ref"], 1.3))
+    if prof is not None and prof.ops:
+        print(f"\nWhere `ours` spends its time ({args.profile_steps} steps, torch.profiler, self CPU time):\n")
+        print(table(["operator", "calls", "self s", "share"],
+                    [[f"`{k}`", c, f"{t:.3f}", f"{100 * sh:.1f}%"] for k, c, t, sh in prof.ops]))
 
 
 if __name__ == "__main__":

@@ -61,8 +61,9 @@ def _losses(run: Path, key: str = "loss") -> list[float]:
 def test_two_gloo_processes_match_one(tmp_path):
     one = _run(["train", str(_config(tmp_path / "one"))])
     assert one.returncode == 0, one.stderr[-3000:]
-    two = _run(["train", str(_config(tmp_path / "two"))], nproc=2)
+    two = _run(["train", str(_config(tmp_path / "two")), "--nproc", "2"])  # fromscratch launches torchrun itself
     assert two.returncode == 0, two.stderr[-3000:]
+    assert "threads: 1" in (tmp_path / "two" / "run" / "config.yaml").read_text()
     a, b = _losses(tmp_path / "one" / "run"), _losses(tmp_path / "two" / "run")
     assert len(a) == len(b) == 4
     for x, y in zip(a, b):

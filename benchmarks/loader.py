@@ -1,0 +1,93 @@
+"""Data loading against the training step's demand.
+
+1. The loader alone (data/loader.py: workers decode, resize, flip, build masks) for 0, 1 and 2 workers:
+   images/s with no training.
+2. The training step alone (engine/trainer._step on batches already in memory): images/s it consumes.
+3. Training as `fromscratch train` runs it (loader with --workers workers feeding _step): the share of
+   wall time the step waits for data (the trainer's data_time), the number the target is about.
+Usage: python benchmarks/loader.py [--steps 30] [--workers 2]
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, table, target, workdir  # noqa: E402
+from train_step import DEFAULT_OVERRIDES  # noqa: E402
+
+from fromscratch.config import has_masks, load_config  # noqa: E402
+from fromscratch.data.loader import train_loader  # noqa: E402
+from fromscratch.data.transforms import TrainTransform  # noqa: E402
+from fromscratch.engine.trainer import _step, setup  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", default="configs/models/cpu.yaml")
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    out = workdir("loader")
+    shutil.rmtree(out / "run", ignore_errors=True)
+    cfg = load_config(args.config, DEFAULT_OVERRIDES + list(args.overrides) + [f"output_dir={out / 'run'}"])
+    run = setup(cfg)
+    d, t = cfg.data, cfg.train
+    tf = TrainTransform(d.train_scales, d.scale_sampling, d.max_size, d.flip_prob, None)
+
+    def loader(workers: int, start: int, n: int):
+        return train_loader(run.train_ds, tf, t.batch_size, t.seed, start, start + n,
+                            with_masks=has_masks(cfg.model.meta_arch), with_keypoints=False, num_workers=workers,
+                            group=d.aspect_ratio_grouping)
+
+    rows = []
+    for w in (0, 1, 2):
+        it = iter(loader(w, 0, args.steps + 2))
+        next(it)  # worker start-up is not throughput
+        tick = time.perf_counter()
+        n = sum(len(images) for images, _ in it)
+        rows.append([f"loader alone, {w} workers", f"{n / (time.perf_counter() - tick):.1f}", "", ""])
+    batches = list(loader(0, 1000, args.steps + 2))
+    for i, (images, targets) in enumerate(batches[:2]):
+        _step(run, i, images, targets, None, None)
+    tick = time.perf_counter()
+    for i, (images, targets) in enumerate(batches[2:], start=2):
+        _step(run, i, images, targets, None, None)
+    step_ips = sum(len(b[0]) for b in batches[2:]) / (time.perf_counter() - tick)
+    rows.append(["training step alone (batches in memory)", f"{step_ips:.1f}", "", ""])
+    it = iter(loader(args.workers, 2000, args.steps + 2))
+    for i in range(2):
+        images, targets = next(it)
+        _step(run, i, images, targets, None, None)
+    wait = total = 0.0
+    n = 0
+    tick = time.perf_counter()
+    for i, (images, targets) in enumerate(it, start=2):
+        got = time.perf_counter()
+        wait += got - tick
+        _step(run, i, images, targets, None, None)
+        n += len(images)
+        now = time.perf_counter()
+        total += now - tick
+        tick = now
+    share = 100 * wait / total
+    rows.append([f"training with the loader, {args.workers} workers", f"{n / total:.1f}", f"{1000 * wait / args.steps:.1f}",
+                 f"{share:.1f}%"])
+    print("## Data loading vs the training step\n")
+    print(f"`{args.config}` + {' '.join(DEFAULT_OVERRIDES + list(args.overrides))}; batch {t.batch_size}, "
+          f"{args.threads} threads, {args.steps} steps. {machine()}.\n")
+    print(table(["measurement", "images/s", "data wait ms/step", "data wait share"], rows))
+    print()
+    print(target(f"data loading share of step time at {args.workers} workers", share, 5.0, unit="%", higher=False))
+
+
+if __name__ == "__main__":
+    main()
