@@ -75,7 +75,7 @@ class Arm:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dataset", choices=sorted(DATASETS), default="fashion-scenes")
-    ap.add_argument("--target", type=float, default=2.0, help="bbox AP to reach")
+    ap.add_argument("--target", type=float, default=1.5, help="bbox AP to reach")
     ap.add_argument("--eval-every", type=int, default=25)
     ap.add_argument("--val-images", type=int, default=50)
     ap.add_argument("--cap-ratio", type=float, default=5.5)
