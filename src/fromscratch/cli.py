@@ -250,7 +250,9 @@ def cmd_study(args: argparse.Namespace, path: str | None = None) -> int:
 
     study_dir = run_study(path or args.study, plan_only=getattr(args, "plan_only", False))
     if getattr(args, "plan_only", False):
-        print(f"plan written to {study_dir}/plan.json")
+        plans = sorted(study_dir.glob("*/plan.json")) if (study_dir / "suite.json").exists() else \
+            [study_dir / "plan.json"]
+        print("plan written to " + ", ".join(str(p) for p in plans))
         return 0
     return _print_report(*write_report(study_dir))
 
