@@ -5,6 +5,7 @@ gap) so `make bench` (benchmarks/run_all.py) can put them together in benchmarks
 """
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import statistics
@@ -85,3 +86,49 @@ def workdir(name: str) -> Path:
     path = Path(os.environ.get("FROMSCRATCH_BENCH_DIR", ROOT / "runs" / "bench")) / name
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+# The benchmarks' default data: fashion-scenes at the demo's scales (96-128 px, Mask R-CNN targets).
+DEFAULT_OVERRIDES = ["data.train=data/fashion-scenes/train.json", "data.val=null", "data.train_scales=[96,128]",
+                     "data.scale_sampling=range", "data.test_scale=112", "data.max_size=187",
+                     "data.num_workers=2", "train.base_lr=0.02", "train.warmup_iters=10", "train.schedule=1x"]
+
+
+def bench_args(description: str, steps: int) -> argparse.Namespace:
+
+    import torch
+
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--config", default="configs/models/cpu.yaml")
+    ap.add_argument("--steps", type=int, default=steps)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("overrides", nargs="*", help="dotted config overrides (default: fashion-scenes, 96-128 px)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    return args
+
+
+def bench_run(name: str, args: argparse.Namespace):
+    """A training run set up as `fromscratch train` does (engine/trainer.setup), in a fresh folder, and a
+    function making its loader: ``loader(workers, start_iteration, iterations)``."""
+    import shutil
+
+    from fromscratch.config import has_masks, load_config
+    from fromscratch.data.loader import train_loader
+    from fromscratch.data.transforms import TrainTransform
+    from fromscratch.engine.trainer import setup
+
+    out = workdir(name)
+    shutil.rmtree(out / "run", ignore_errors=True)
+    cfg = load_config(args.config, DEFAULT_OVERRIDES + list(args.overrides) + [f"output_dir={out / 'run'}"])
+    run = setup(cfg)
+    d, t = cfg.data, cfg.train
+    tf = TrainTransform(d.train_scales, d.scale_sampling, d.max_size, d.flip_prob, None)
+
+    def loader(workers: int, start: int, n: int):
+        return train_loader(run.train_ds, tf, t.batch_size, t.seed, start, start + n,
+                            with_masks=has_masks(cfg.model.meta_arch), with_keypoints=False, num_workers=workers,
+                            group=d.aspect_ratio_grouping)
+
+    return cfg, run, loader

@@ -9,44 +9,20 @@ Usage: python benchmarks/loader.py [--steps 30] [--workers 2]
 """
 from __future__ import annotations
 
-import argparse
-import shutil
 import sys
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, table, target, workdir  # noqa: E402
-from train_step import DEFAULT_OVERRIDES  # noqa: E402
+from common import DEFAULT_OVERRIDES, bench_args, bench_run, machine, table, target  # noqa: E402
 
-from fromscratch.config import has_masks, load_config  # noqa: E402
-from fromscratch.data.loader import train_loader  # noqa: E402
-from fromscratch.data.transforms import TrainTransform  # noqa: E402
-from fromscratch.engine.trainer import _step, setup  # noqa: E402
+from fromscratch.engine.trainer import _step  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--config", default="configs/models/cpu.yaml")
-    ap.add_argument("--steps", type=int, default=30)
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("overrides", nargs="*")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    out = workdir("loader")
-    shutil.rmtree(out / "run", ignore_errors=True)
-    cfg = load_config(args.config, DEFAULT_OVERRIDES + list(args.overrides) + [f"output_dir={out / 'run'}"])
-    run = setup(cfg)
-    d, t = cfg.data, cfg.train
-    tf = TrainTransform(d.train_scales, d.scale_sampling, d.max_size, d.flip_prob, None)
-
-    def loader(workers: int, start: int, n: int):
-        return train_loader(run.train_ds, tf, t.batch_size, t.seed, start, start + n,
-                            with_masks=has_masks(cfg.model.meta_arch), with_keypoints=False, num_workers=workers,
-                            group=d.aspect_ratio_grouping)
+    args = bench_args(__doc__, 30)
+    cfg, run, loader = bench_run("loader", args)
+    t = cfg.train
 
     rows = []
     for w in (0, 1, 2):

@@ -35,11 +35,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PeakRSS, machine, median, table, target, workdir  # noqa: E402
+from common import DEFAULT_OVERRIDES, PeakRSS, machine, median, table, target, workdir  # noqa: E402
 
-DEFAULT_OVERRIDES = ["data.train=data/fashion-scenes/train.json", "data.val=null", "data.train_scales=[96,128]",
-                     "data.scale_sampling=range", "data.test_scale=112", "data.max_size=187",
-                     "data.num_workers=2", "train.base_lr=0.02", "train.warmup_iters=10", "train.schedule=1x"]
 STAGES = ("data", "forward", "backward", "optimizer")
 
 
