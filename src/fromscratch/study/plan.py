@@ -100,6 +100,9 @@ def load_suite(path: str | Path) -> tuple[Suite, Path] | None:
     except ValidationError as e:
         msgs = [f"{path}: key '{'.'.join(str(p) for p in x['loc'])}': {x['msg']}" for x in e.errors()]
         raise ConfigError("invalid suite config:\n  " + "\n  ".join(msgs)) from None
+    stems = [Path(p).stem for p in suite.parts]
+    if len(set(stems)) != len(stems):
+        raise ConfigError(f"{path}: key 'parts': two parts share a file name ({stems}); each gets output_dir/<name>")
     missing = [p for p in suite.parts if not (path.parent / p).is_file()]
     if not suite.parts or missing:
         raise ConfigError(f"{path}: key 'parts': " + (f"no such study file(s): {missing}" if missing

@@ -105,11 +105,11 @@ def run_study(path: str | Path, plan_only: bool = False, output_dir: str | Path 
         s, base = suite
         out = Path(s.output_dir)
         out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "suite.json", json.dumps({"suite": s.model_dump(mode="json"),
+                                                          "parts": [Path(p).stem for p in s.parts]}, indent=1))
         for part in s.parts:
             print(f"suite {path}: part {part}", flush=True)
             run_study(base / part, plan_only, part_dir(s, part))
-        atomic_write_text(out / "suite.json", json.dumps({"suite": s.model_dump(mode="json"),
-                                                          "parts": [Path(p).stem for p in s.parts]}, indent=1))
         return out
     study, base = load_study(path)
     study_dir = Path(output_dir or study.output_dir)
