@@ -12,7 +12,7 @@ its own; the parent runs one block of --block steps in each in turn, for --round
   1 process x 2 threads.
 - ``ours_ddp2``: `fromscratch train --nproc 2`: 2 processes x 1 thread (gloo), 1 image each, same global
   batch; gradients all-reduced inside backward.
-- ``*_bf16``: the same with bf16 autocast (train.amp=bf16).
+- ``*_bf16``: the same with bf16 autocast (train.amp=bf16); ``ours_cl``: channels_last weights.
 The first round is warm-up, and the first step of each block (fresh loader workers) is not timed.
 Prints images/s, per-stage seconds (data wait, forward, backward incl. all-reduce, optimizer), peak
 resident memory (all processes of the variant), the ratio to ``ref``, and where ``ours`` spends its time
@@ -124,6 +124,8 @@ def serve(args: argparse.Namespace) -> None:
                                                    size_divisible=tr.size_divisible)
         opt = torch.optim.SGD(model.parameters(), lr=run.plan.lr_at(20), momentum=t.momentum,
                               weight_decay=t.weight_decay)
+    if "_cl" in v:  # channels_last weights: convolutions then run NHWC (oneDNN's preferred layout)
+        run.model.to(memory_format=torch.channels_last)
     transform = TrainTransform(d.train_scales, d.scale_sampling, d.max_size, d.flip_prob, None)
     it_count = 0
     (ctrl / f"ready_{D.rank()}").write_text("")
@@ -234,7 +236,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--block", type=int, default=6)
     ap.add_argument("--threads", type=int, default=2, help="cores per variant (split between its processes)")
-    ap.add_argument("--variants", nargs="*", default=["ref", "ours", "ours_ddp2", "ours_bf16", "ours_ddp2_bf16"])
+    ap.add_argument("--variants", nargs="*", default=["ref", "ours", "ours_ddp2", "ours_bf16", "ours_ddp2_bf16",
+                                                         "ours_cl"])
     ap.add_argument("--profile-steps", type=int, default=4)
     ap.add_argument("--serve", help=argparse.SUPPRESS)
     ap.add_argument("--ctrl", help=argparse.SUPPRESS)
