@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", action="store_true", help="continue from the last checkpoint of output_dir")
     tr.add_argument("--nproc", type=int, default=1,
                     help="processes on this machine (torchrun, gloo on CPU, NCCL on GPUs), the batch split between "
-                         "them; on CPU each gets cores/nproc threads (2 x 1 thread beats 1 x 2 threads, see README)")
+                         "them; on CPU each gets cores/nproc threads (pays on a busy machine, not on a quiet one: "
+                         "README, Performance)")
     ev = sub.add_parser("eval", help="COCO AP of a checkpoint on data.val")
     _add_config_args(ev)
     ev.add_argument("--weights", required=True, help="a checkpoint (model_*.pth) or a model state dict")
