@@ -109,19 +109,22 @@ def bench_args(description: str, steps: int) -> argparse.Namespace:
     return args
 
 
-def bench_run(name: str, args: argparse.Namespace):
-    """A training run set up as `fromscratch train` does (engine/trainer.setup), in a fresh folder, and a
-    function making its loader: ``loader(workers, start_iteration, iterations)``."""
+def bench_run(name: str, config: str, overrides: list[str]):
+    """A training run of ``config`` + ``overrides`` set up as `fromscratch train` does
+    (engine/trainer.setup, this process's rank under torchrun) in the fresh folder ``workdir(name)/run``,
+    and a function making its loader: ``loader(workers, start_iteration, iterations)``."""
     import shutil
 
     from fromscratch.config import has_masks, load_config
     from fromscratch.data.loader import train_loader
     from fromscratch.data.transforms import TrainTransform
+    from fromscratch.engine import distributed as D
     from fromscratch.engine.trainer import setup
 
-    out = workdir(name)
-    shutil.rmtree(out / "run", ignore_errors=True)
-    cfg = load_config(args.config, DEFAULT_OVERRIDES + list(args.overrides) + [f"output_dir={out / 'run'}"])
+    out = workdir(name) / "run"
+    if int(os.environ.get("RANK", "0")) == 0:
+        shutil.rmtree(out, ignore_errors=True)
+    cfg = load_config(config, list(overrides) + [f"output_dir={out}"])
     run = setup(cfg)
     d, t = cfg.data, cfg.train
     tf = TrainTransform(d.train_scales, d.scale_sampling, d.max_size, d.flip_prob, None)
@@ -129,6 +132,6 @@ def bench_run(name: str, args: argparse.Namespace):
     def loader(workers: int, start: int, n: int):
         return train_loader(run.train_ds, tf, t.batch_size, t.seed, start, start + n,
                             with_masks=has_masks(cfg.model.meta_arch), with_keypoints=False, num_workers=workers,
-                            group=d.aspect_ratio_grouping)
+                            group=d.aspect_ratio_grouping, rank=D.rank(), world_size=D.world_size())
 
     return cfg, run, loader

@@ -41,7 +41,7 @@ def peak_gflops(reps: int = 5) -> tuple[float, float]:
 
 def main() -> None:
     args = bench_args(__doc__, 5)
-    cfg, run, loader = bench_run("flops", args)
+    cfg, run, loader = bench_run("flops", args.config, DEFAULT_OVERRIDES + list(args.overrides))
     t = cfg.train
     batches = list(loader(0, 0, args.steps + 3))
     for i in range(2):

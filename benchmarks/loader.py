@@ -21,7 +21,7 @@ from fromscratch.engine.trainer import _step  # noqa: E402
 
 def main() -> None:
     args = bench_args(__doc__, 30)
-    cfg, run, loader = bench_run("loader", args)
+    cfg, run, loader = bench_run("loader", args.config, DEFAULT_OVERRIDES + list(args.overrides))
     t = cfg.train
 
     rows = []

@@ -12,7 +12,6 @@ Usage: python benchmarks/time_to_ap.py [--dataset fashion-scenes|trees] [--targe
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -20,12 +19,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, table, target, workdir  # noqa: E402
+from common import bench_run, machine, table, target  # noqa: E402
 
-from fromscratch.config import has_masks, load_config  # noqa: E402
-from fromscratch.data.loader import train_loader  # noqa: E402
-from fromscratch.data.transforms import TrainTransform  # noqa: E402
-from fromscratch.engine.trainer import _step, evaluate_run, setup  # noqa: E402
+from fromscratch.engine.trainer import _step, evaluate_run  # noqa: E402
 from fromscratch.errors import FromScratchError  # noqa: E402
 
 DATASETS = {
@@ -45,17 +41,11 @@ ARMS = {"cpu preset": ("configs/models/cpu.yaml", ["train.base_lr=0.08", "train.
 
 
 class Arm:
-    def __init__(self, name: str, config: str, overrides: list[str], out: Path, threads: int):
-        shutil.rmtree(out, ignore_errors=True)
+    def __init__(self, name: str, config: str, overrides: list[str], threads: int):
         self.name = name
-        self.cfg = load_config(config, overrides + [f"output_dir={out}", f"train.threads={threads}"])
-        self.run = setup(self.cfg)
-        d, t = self.cfg.data, self.cfg.train
-        self.loader = iter(train_loader(self.run.train_ds, TrainTransform(d.train_scales, d.scale_sampling, d.max_size,
-                                                                          d.flip_prob, None),
-                                        t.batch_size, t.seed, 0, self.run.plan.total_iters,
-                                        with_masks=has_masks(self.cfg.model.meta_arch), with_keypoints=False,
-                                        num_workers=d.num_workers, group=d.aspect_ratio_grouping))
+        self.cfg, self.run, make_loader = bench_run(f"time_to_ap/{name.replace(' ', '_')}", config,
+                                                    overrides + [f"train.threads={threads}"])
+        self.loader = iter(make_loader(self.cfg.data.num_workers, 0, self.run.plan.total_iters))
         self.it, self.train_s, self.eval_s, self.ap, self.reached = 0, 0.0, 0.0, 0.0, None
         self.curve: list[tuple[int, float, float]] = []
         self.diverged = ""
@@ -97,8 +87,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     common = DATASETS[args.dataset] + [f"eval.max_images={args.val_images}", "data.num_workers=2",
                                        "train.iterations=100000", "train.steps=[]"]
-    out = workdir("time_to_ap")
-    arms = [Arm(n, c, common + extra, out / n.replace(" ", "_"), args.threads) for n, (c, extra) in ARMS.items()]
+    arms = [Arm(n, c, common + extra, args.threads) for n, (c, extra) in ARMS.items()]
     fast, slow = arms
 
     def cap(a: Arm) -> float:

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_OVERRIDES, PeakRSS, machine, median, table, target, workdir  # noqa: E402
+from common import DEFAULT_OVERRIDES, PeakRSS, bench_run, machine, median, table, target, workdir  # noqa: E402
 
 STAGES = ("data", "forward", "backward", "optimizer")
 
@@ -95,23 +95,16 @@ def serve(args: argparse.Namespace) -> None:
     import torch.distributed as dist
     from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-    from fromscratch.config import has_masks, load_config
-    from fromscratch.data.loader import train_loader
-    from fromscratch.data.transforms import TrainTransform
+    from fromscratch.config import has_masks
     from fromscratch.engine import distributed as D
-    from fromscratch.engine.trainer import _step, setup
+    from fromscratch.engine.trainer import _step
 
     v = args.serve
     ctrl = Path(args.ctrl)
     ddp = "ddp" in v
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    threads = max(1, args.threads // world)
-    out = ctrl / "run"
-    if int(os.environ.get("RANK", "0")) == 0:
-        shutil.rmtree(out, ignore_errors=True)
-    cfg = load_config(args.config, DEFAULT_OVERRIDES + list(args.overrides) + [
-        f"output_dir={out}", f"train.threads={threads}", f"data.num_workers={max(1, 2 // world)}"])
-    run = setup(cfg)
+    cfg, run, make_loader = bench_run(f"train_step/{v}", args.config, DEFAULT_OVERRIDES + list(args.overrides) + [
+        f"train.threads={max(1, args.threads // world)}", f"data.num_workers={max(1, 2 // world)}"])
     d, t = cfg.data, cfg.train
     masks = has_masks(cfg.model.meta_arch)
     amp = torch.bfloat16 if v.endswith("bf16") else None
@@ -126,7 +119,6 @@ def serve(args: argparse.Namespace) -> None:
                               weight_decay=t.weight_decay)
     if "_cl" in v:  # channels_last weights: convolutions then run NHWC (oneDNN's preferred layout)
         run.model.to(memory_format=torch.channels_last)
-    transform = TrainTransform(d.train_scales, d.scale_sampling, d.max_size, d.flip_prob, None)
     it_count = 0
     (ctrl / f"ready_{D.rank()}").write_text("")
     n = 0
@@ -147,9 +139,7 @@ def serve(args: argparse.Namespace) -> None:
                                                       shuffle=True, num_workers=d.num_workers, collate_fn=_collate,
                                                       generator=torch.Generator().manual_seed(n), drop_last=True))
         else:
-            loader = iter(train_loader(run.train_ds, transform, t.batch_size, t.seed, it_count, it_count + 10 ** 6,
-                                       with_masks=masks, with_keypoints=False, num_workers=d.num_workers,
-                                       group=d.aspect_ratio_grouping, rank=D.rank(), world_size=D.world_size()))
+            loader = iter(make_loader(d.num_workers, it_count, 10 ** 6))
         stages = {s: 0.0 for s in STAGES}
         times, images_seen = [], 0
         prof = None
