@@ -9,6 +9,7 @@ renamed (utils.atomic_write_bytes): a run killed mid-write leaves only a ``.tmp`
 from __future__ import annotations
 
 import io
+import json
 import random
 import re
 from pathlib import Path
@@ -17,8 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fromscratch.errors import FromScratchError
-from fromscratch.utils import atomic_write_bytes
+from fromscratch.utils import atomic_write_bytes, atomic_write_text, load_weights_only
 
 PATTERN = re.compile(r"^model_(\d{7})\.pth$")
 
@@ -54,11 +54,8 @@ def list_checkpoints(out_dir: Path) -> list[Path]:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load with ``weights_only=True``: a file that carries code is refused, not run."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise FromScratchError(f"{path}: cannot load checkpoint (weights_only=True): {str(e).splitlines()[0]}") from None
+    """A checkpoint's contents (read by utils.load_weights_only: a file that carries code is refused)."""
+    return load_weights_only(Path(path), "checkpoint")
 
 
 def prune(out_dir: Path, keep: int, protect: set[Path] | None = None) -> None:
@@ -68,3 +65,12 @@ def prune(out_dir: Path, keep: int, protect: set[Path] | None = None) -> None:
     for p in ckpts[:-keep] if keep > 0 else []:
         if p not in protect:
             p.unlink(missing_ok=True)
+
+
+def truncate_metrics(path: Path, iteration: int, writer: bool = True) -> None:
+    """Drop the metrics.jsonl lines a killed run logged after its last checkpoint (they will be logged
+    again when it resumes); ``writer``: this process writes the run's files (rank 0)."""
+    if not path.exists() or not writer:
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["iteration"] <= iteration]
+    atomic_write_text(path, "".join(ln + "\n" for ln in keep))

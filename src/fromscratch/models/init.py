@@ -1,6 +1,6 @@
 """Initialization: random MSRA (the paper's "from scratch") or a pre-trained trunk from a local file.
 
-Scratch follows the paper and its peers (shared/PAPER.md, Section 4): Kaiming normal, fan_out, ReLU
+Scratch follows the paper and its peers (docs/paper.md, Initialization and normalization): Kaiming normal, fan_out, ReLU
 on every conv of trunk, FPN and heads; norm weight 1, bias 0; no zero-init of the last norm of a
 residual block; nothing frozen. Predictors keep torchvision's own init. Pre-trained weights load with
 ``torch.load(weights_only=True)``; keys are mapped onto the trunk and reported.
@@ -16,6 +16,7 @@ from torch import nn
 
 from fromscratch.errors import ConfigError, FromScratchError
 from fromscratch.models.norm import is_norm
+from fromscratch.utils import load_weights_only
 
 MIN_MATCHED = 0.9
 STRIP_PREFIXES = ("module.", "model.", "backbone.body.", "body.", "backbone.", "trunk.")
@@ -35,7 +36,7 @@ def msra_fill(modules: list[nn.Module]) -> None:
 
 
 def check_scratch_settings(norm: str, freeze_at: int, force: bool) -> None:
-    """Refuse the two settings that silently cost peers ~3 AP from scratch (shared/PAPER.md, pitfalls)."""
+    """Refuse the two settings that silently cost peers ~3 AP from scratch (docs/paper.md, Pitfalls peers hit)."""
     if force:
         return
     if norm == "FrozenBN":
@@ -85,15 +86,8 @@ class LoadReport:
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from a file, refusing pickles that carry code (weights_only=True)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"model.backbone.weights: file not found: {path}")
-    try:
-        obj: Any = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # UnpicklingError for code-carrying pickles, RuntimeError for non-torch files
-        raise FromScratchError(f"{path}: refused or unreadable as weights (loaded with weights_only=True, so a "
-                               f"pickle that carries code is refused): {str(e).splitlines()[0]}") from None
+    """The state dict in a weights file or checkpoint (``model``/``state_dict``/... unwrapped)."""
+    obj: Any = load_weights_only(Path(path), "model.backbone.weights")
     for key in ("state_dict", "model", "backbone", "trunk"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

@@ -9,7 +9,8 @@ statistics and gradients of BN over the concatenated batch.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -18,11 +19,9 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torchvision.ops import FrozenBatchNorm2d
 
+from fromscratch import comm
+
 NORMS = ("GN", "SyncBN", "FrozenBN", "BN", "none")
-
-
-def _world() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 class SyncBatchNorm(_BatchNorm):
@@ -46,7 +45,7 @@ class SyncBatchNorm(_BatchNorm):
             raise ValueError("SyncBatchNorm number of input channels should be non-zero")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or _world() == 1:
+        if not self.training or comm.world_size() == 1:
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                                 self.training, self.momentum if self.momentum is not None else 0.1, self.eps) \
                 if x.numel() else x * self.weight.view(1, -1, *[1] * (x.dim() - 2))

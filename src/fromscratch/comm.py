@@ -1,4 +1,6 @@
-"""torchrun / DDP helpers: process rank, world size, set-up from torchrun's environment."""
+"""Process-group helpers at the bottom of the package (detectron2's ``utils/comm.py``): rank, world
+size, set-up from torchrun's environment, the device a run uses. Models (SyncBN), evaluation (sharded
+prediction) and the engine all use these; this module imports nothing else of ours."""
 from __future__ import annotations
 
 import os
@@ -33,6 +35,13 @@ def init_from_env(device: torch.device) -> None:
     dist.init_process_group(backend)
     if device.type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto``: CUDA when there is one, else the CPU; otherwise the device named."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 
 
 def gather_objects(obj: Any) -> list[Any]:
