@@ -33,7 +33,7 @@ class PeakRSS:
             self.peak = max(self.peak, rss_mb())
             time.sleep(0.002)
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> PeakRSS:
         self.peak = rss_mb()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -110,28 +110,45 @@ def bench_args(description: str, steps: int) -> argparse.Namespace:
 
 
 def bench_run(name: str, config: str, overrides: list[str]):
-    """A training run of ``config`` + ``overrides`` set up as `fromscratch train` does
-    (engine/trainer.setup, this process's rank under torchrun) in the fresh folder ``workdir(name)/run``,
-    and a function making its loader: ``loader(workers, start_iteration, iterations)``."""
+    """A training run of ``config`` + ``overrides`` set up as `fromscratch train` does (engine.trainer.Trainer,
+    this process's rank under torchrun) in the fresh folder ``workdir(name)/run``, and a function making its
+    loader (data.build.build_train_loader): ``loader(workers, start_iteration, iterations)``. Benchmarks time
+    ``trainer.train_step``, the public step the training loop calls."""
     import shutil
 
-    from fromscratch.config import has_masks, load_config
-    from fromscratch.data.loader import train_loader
-    from fromscratch.data.transforms import TrainTransform
-    from fromscratch.engine import distributed as D
-    from fromscratch.engine.trainer import setup
+    from fromscratch import comm
+    from fromscratch.config import load_config
+    from fromscratch.data.build import build_train_loader
+    from fromscratch.engine.trainer import Trainer
 
     out = workdir(name) / "run"
     if int(os.environ.get("RANK", "0")) == 0:
         shutil.rmtree(out, ignore_errors=True)
     cfg = load_config(config, list(overrides) + [f"output_dir={out}"])
-    run = setup(cfg)
-    d, t = cfg.data, cfg.train
-    tf = TrainTransform(d.train_scales, d.scale_sampling, d.max_size, d.flip_prob, None)
+    trainer = Trainer(cfg)
 
     def loader(workers: int, start: int, n: int):
-        return train_loader(run.train_ds, tf, t.batch_size, t.seed, start, start + n,
-                            with_masks=has_masks(cfg.model.meta_arch), with_keypoints=False, num_workers=workers,
-                            group=d.aspect_ratio_grouping, rank=D.rank(), world_size=D.world_size())
+        return build_train_loader(cfg, trainer.train_ds, start, start + n, comm.rank(), comm.world_size(), workers)
 
-    return cfg, run, loader
+    return cfg, trainer, loader
+
+
+class StageTimer:
+    """Seconds of a training step by stage, measured from outside through torch's public hooks: forward
+    (step start to the end of the model's forward), backward (to the optimizer's step), optimizer."""
+
+    def __init__(self, module, optimizer) -> None:
+        self.stages: dict[str, float] = {}
+        self.tick = 0.0
+        module.register_forward_hook(lambda *a: self._lap("forward"))
+        optimizer.register_step_pre_hook(lambda *a: self._lap("backward"))
+        optimizer.register_step_post_hook(lambda *a: self._lap("optimizer"))
+
+    def start(self, stages: dict[str, float]) -> None:
+        """Accumulate the next step's stages into ``stages``."""
+        self.stages, self.tick = stages, time.perf_counter()
+
+    def _lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.stages[name] = self.stages.get(name, 0.0) + now - self.tick
+        self.tick = now

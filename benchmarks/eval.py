@@ -20,7 +20,6 @@ from pycocotools import mask as mask_utils
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, machine, table, target  # noqa: E402
-
 from fromscratch.evaluation.coco import STAT_NAMES, evaluate  # noqa: E402
 
 

@@ -18,8 +18,6 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DEFAULT_OVERRIDES, bench_args, bench_run, machine, median, table  # noqa: E402
 
-from fromscratch.engine.trainer import _step  # noqa: E402
-
 
 def peak_gflops(reps: int = 5) -> tuple[float, float]:
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
@@ -45,16 +43,16 @@ def main() -> None:
     t = cfg.train
     batches = list(loader(0, 0, args.steps + 3))
     for i in range(2):
-        _step(run, i, *batches[i], None, None)
+        run.train_step(i, *batches[i])
     counter = FlopCounterMode(display=False, depth=2)
     with counter:
-        _step(run, 2, *batches[2], None, None)
+        run.train_step(2, *batches[2])
     per_part = {k: sum(v.values()) for k, v in counter.get_flop_counts().items() if k.count(".") == 1}
     total = counter.get_total_flops()
     times = []
     for i, b in enumerate(batches[3:], start=3):
         tick = time.perf_counter()
-        _step(run, i, *b, None, None)
+        run.train_step(i, *b)
         times.append(time.perf_counter() - tick)
     step = median(times)
     mm, cv = peak_gflops()

@@ -64,7 +64,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     rows = []
     for p in args.presets:  # fp32 and bf16 of one preset side by side, so their ratio is fair
-        rows.append((p, measure(p, args.size, args.steps), measure(p, args.size, args.steps, True) if args.bf16 else None))
+        bf16 = measure(p, args.size, args.steps, True) if args.bf16 else None
+        rows.append((p, measure(p, args.size, args.steps), bf16))
     base = rows[0][1]
     head = f"| preset | s/step fp32 (batch 2, {args.size} px, {args.threads} threads) | vs first |"
     print(head + (" s/step bf16 | bf16 / fp32 |" if args.bf16 else ""))

@@ -20,8 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import bench_run, machine, table, target  # noqa: E402
-
-from fromscratch.engine.trainer import _step, evaluate_run  # noqa: E402
+from fromscratch.engine.hooks import EvalHook  # noqa: E402
 from fromscratch.errors import FromScratchError  # noqa: E402
 
 DATASETS = {
@@ -46,6 +45,7 @@ class Arm:
         self.cfg, self.run, make_loader = bench_run(f"time_to_ap/{name.replace(' ', '_')}", config,
                                                     overrides + [f"train.threads={threads}"])
         self.loader = iter(make_loader(self.cfg.data.num_workers, 0, self.run.plan.total_iters))
+        self.evaluator = next(h for h in self.run.hooks if isinstance(h, EvalHook))
         self.it, self.train_s, self.eval_s, self.ap, self.reached = 0, 0.0, 0.0, 0.0, None
         self.curve: list[tuple[int, float, float]] = []
         self.diverged = ""
@@ -57,7 +57,7 @@ class Arm:
             images, targets = next(self.loader)
             self.run.model.train()
             try:
-                _step(self.run, self.it, images, targets, None, None)
+                self.run.train_step(self.it, images, targets)
             except FromScratchError as e:  # a non-finite loss: this arm is out, and the table says so
                 self.diverged = str(e).split(";")[0]
                 return
@@ -65,7 +65,7 @@ class Arm:
             self.train_s += time.perf_counter() - tick
             if self.it % eval_every == 0:
                 tick = time.perf_counter()
-                m = evaluate_run(self.run, self.it)
+                m = self.evaluator.evaluate(self.it)
                 self.eval_s += time.perf_counter() - tick
                 self.ap = float(m["bbox"]["AP"])
                 self.curve.append((self.it, self.train_s, self.ap))
@@ -111,7 +111,8 @@ def main() -> None:
         reached = f"{a.reached:.0f} s" if a.reached is not None else \
             (a.diverged if a.diverged else f"not within {a.train_s:.0f} s")
         per_it = a.train_s / max(1, a.it)
-        rows.append([a.name, f"`{ARMS[a.name][0]}` {' '.join(ARMS[a.name][1])}", a.it, f"{per_it:.2f}", reached, f"{a.ap:.2f}", f"{a.eval_s:.0f} s",
+        rows.append([a.name, f"`{ARMS[a.name][0]}` {' '.join(ARMS[a.name][1])}", a.it, f"{per_it:.2f}", reached,
+                     f"{a.ap:.2f}", f"{a.eval_s:.0f} s",
                      " ".join(f"{i}:{ap:.1f}" for i, _, ap in a.curve)])
     print(f"## Time to bbox AP {args.target} on {args.dataset}\n")
     print(f"{' '.join(common)}; batch 2, {args.threads} threads; AP on the first {args.val_images} val images "

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_OVERRIDES, PeakRSS, bench_run, machine, median, table, target, workdir  # noqa: E402
+from common import DEFAULT_OVERRIDES, PeakRSS, StageTimer, bench_run, machine, median, table, target, workdir  # noqa: E402
 
 STAGES = ("data", "forward", "backward", "optimizer")
 
@@ -90,54 +90,71 @@ def reference_step(model, opt, images, targets, stages: dict) -> None:
 
 
 # ----------------------------------------------------------------------------------------- server side
-def serve(args: argparse.Namespace) -> None:
-    """One variant: set up, then run blocks of steps on command (files in --ctrl), report timings."""
-    import torch.distributed as dist
+def _reference(run, cfg) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """The same network and initial weights in torchvision's reference set-up: the model resizes."""
     from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-    from fromscratch.config import has_masks
-    from fromscratch.engine import distributed as D
-    from fromscratch.engine.trainer import _step
+    d, t = cfg.data, cfg.train
+    model = copy.deepcopy(run.model)
+    lo, hi = d.train_scales[0], d.train_scales[-1]
+    sizes = tuple(range(lo, hi + 1)) if d.scale_sampling == "range" else tuple(d.train_scales)
+    tr = run.model.transform
+    model.transform = GeneralizedRCNNTransform(sizes, d.max_size, tr.image_mean, tr.image_std,
+                                               size_divisible=tr.size_divisible)
+    opt = torch.optim.SGD(model.parameters(), lr=run.plan.lr_at(20), momentum=t.momentum, weight_decay=t.weight_decay)
+    return model, opt
 
-    v = args.serve
-    ctrl = Path(args.ctrl)
-    ddp = "ddp" in v
+
+def _next_command(ctrl: Path, n: int, ddp: bool) -> dict:
+    import torch.distributed as dist
+
+    from fromscratch import comm
+
+    cmd = [None]
+    if comm.is_main():
+        path = ctrl / f"cmd_{n}.json"
+        while not path.exists():
+            time.sleep(0.02)
+        cmd = [json.loads(path.read_text())]
+    if ddp:
+        dist.broadcast_object_list(cmd, src=0)
+    return cmd[0]
+
+
+def _profiled_results(times: list, images: int, stages: dict, peak: float, prof) -> dict:
+    res = {"times": times, "images": images, "stages": stages, "peak_mb": peak}
+    if prof is not None:
+        prof.__exit__(None, None, None)
+        ka = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+        total = sum(e.self_cpu_time_total for e in ka)
+        res["ops"] = [[e.key, e.count, e.self_cpu_time_total / 1e6, e.self_cpu_time_total / total] for e in ka[:12]]
+    return res
+
+
+def serve(args: argparse.Namespace) -> None:
+    """One variant: set up, then run blocks of steps on command (files in --ctrl), report timings."""
+    from fromscratch import comm
+    from fromscratch.config import has_masks
+
+    v, ctrl = args.serve, Path(args.ctrl)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     cfg, run, make_loader = bench_run(f"train_step/{v}", args.config, DEFAULT_OVERRIDES + list(args.overrides) + [
-        f"train.threads={max(1, args.threads // world)}", f"data.num_workers={max(1, 2 // world)}"])
+        f"train.threads={max(1, args.threads // world)}", f"data.num_workers={max(1, 2 // world)}"]
+        + (["train.amp=bf16"] if v.endswith("bf16") and not v.startswith("ref") else []))
+    ref = _reference(run, cfg) if v.startswith("ref") else None
+    timer = None if ref else StageTimer(run.ddp, run.optimizer)
     d, t = cfg.data, cfg.train
-    masks = has_masks(cfg.model.meta_arch)
     amp = torch.bfloat16 if v.endswith("bf16") else None
-    if v.startswith("ref"):
-        model = copy.deepcopy(run.model)
-        lo, hi = d.train_scales[0], d.train_scales[-1]
-        sizes = tuple(range(lo, hi + 1)) if d.scale_sampling == "range" else tuple(d.train_scales)
-        tr = run.model.transform
-        model.transform = GeneralizedRCNNTransform(sizes, d.max_size, tr.image_mean, tr.image_std,
-                                                   size_divisible=tr.size_divisible)
-        opt = torch.optim.SGD(model.parameters(), lr=run.plan.lr_at(20), momentum=t.momentum,
-                              weight_decay=t.weight_decay)
     if "_cl" in v:  # channels_last weights: convolutions then run NHWC (oneDNN's preferred layout)
         run.model.to(memory_format=torch.channels_last)
-    it_count = 0
-    (ctrl / f"ready_{D.rank()}").write_text("")
-    n = 0
-    while True:
-        cmd = [None]
-        if D.is_main():
-            path = ctrl / f"cmd_{n}.json"
-            while not path.exists():
-                time.sleep(0.02)
-            cmd = [json.loads(path.read_text())]
-        if ddp:
-            dist.broadcast_object_list(cmd, src=0)
-        cmd = cmd[0]
-        if cmd["op"] == "quit":
-            break
-        if v.startswith("ref"):
-            loader = iter(torch.utils.data.DataLoader(ReferenceSet(run.train_ds.records, masks), batch_size=t.batch_size,
-                                                      shuffle=True, num_workers=d.num_workers, collate_fn=_collate,
-                                                      generator=torch.Generator().manual_seed(n), drop_last=True))
+    it_count = n = 0
+    (ctrl / f"ready_{comm.rank()}").write_text("")
+    while (cmd := _next_command(ctrl, n, "ddp" in v))["op"] != "quit":
+        if ref:
+            loader = iter(torch.utils.data.DataLoader(
+                ReferenceSet(run.train_ds.records, has_masks(cfg.model.meta_arch)), batch_size=t.batch_size,
+                shuffle=True, num_workers=d.num_workers, collate_fn=_collate,
+                generator=torch.Generator().manual_seed(n), drop_last=True))
         else:
             loader = iter(make_loader(d.num_workers, it_count, 10 ** 6))
         stages = {s: 0.0 for s in STAGES}
@@ -155,27 +172,21 @@ def serve(args: argparse.Namespace) -> None:
                 tick = time.perf_counter()
                 images, targets = next(loader)
                 own["data"] += time.perf_counter() - tick
-                if v.startswith("ref"):
+                if ref:
                     with torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None):
-                        reference_step(model, opt, images, targets, own)
+                        reference_step(*ref, images, targets, own)
                 else:
-                    _step(run, it_count, images, targets, amp, None, own)
+                    timer.start(own)
+                    run.train_step(it_count, images, targets)
                 it_count += 1
                 if k > 0:
                     times.append(time.perf_counter() - tick)
                     images_seen += t.batch_size
-        peaks = D.gather_objects(mem.peak)
+        peaks = comm.gather_objects(mem.peak)
         del loader
-        if D.is_main():
-            res = {"times": times, "images": images_seen, "stages": stages, "peak_mb": sum(peaks)}
-            if prof is not None:
-                prof.__exit__(None, None, None)
-                ka = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
-                total = sum(e.self_cpu_time_total for e in ka)
-                res["ops"] = [[e.key, e.count, e.self_cpu_time_total / 1e6, e.self_cpu_time_total / total]
-                              for e in ka[:12]]
+        if comm.is_main():
             tmp = ctrl / f"res_{n}.tmp"
-            tmp.write_text(json.dumps(res))
+            tmp.write_text(json.dumps(_profiled_results(times, images_seen, stages, sum(peaks), prof)))
             tmp.rename(ctrl / f"res_{n}.json")
         n += 1
 
@@ -236,7 +247,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.serve:
         return serve(args)
+    servers, prof = measure(args)
+    report(args, servers, prof)
+
+
+def measure(args: argparse.Namespace) -> tuple[list[Server], Server | None]:
+    """Start every variant, run the alternating rounds, profile `ours`; returns the servers and `ours`."""
     servers = [Server(v, args) for v in args.variants]
+    prof = None
     try:
         while not all(s.ready() for s in servers):
             time.sleep(0.2)
@@ -259,6 +277,10 @@ def main() -> None:
                     s.call("quit")
                 except Exception:  # noqa: BLE001 - a broken variant must not hide the others' results
                     s.proc.kill()
+    return servers, prof
+
+
+def report(args: argparse.Namespace, servers: list[Server], prof: Server | None) -> None:
     ref = next((s for s in servers if s.name == "ref"), servers[0])
     ips = {s.name: s.images / sum(s.times) for s in servers}
     rows = []

@@ -2,8 +2,8 @@
 crowd regions marked. One module for `data show`, `predict` and the study report's figure."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw

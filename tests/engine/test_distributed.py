@@ -126,7 +126,8 @@ def test_sigkill_anywhere_then_resume_is_bit_identical(tmp_path):
     a = load_checkpoint(tmp_path / "ref" / "run" / "model_0000009.pth")["model"]
     b = load_checkpoint(run / "model_0000009.pth")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert [json.loads(ln)["iteration"] for ln in (run / "metrics.jsonl").read_text().splitlines()] == list(range(1, 10))
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(ln)["iteration"] for ln in lines] == list(range(1, 10))
     assert len(list_checkpoints(run)) == 2  # keep_checkpoints
 
 

@@ -1,4 +1,4 @@
-"""The schedule rule against shared/PAPER.md's table and detectron2's rescaled 9x."""
+"""The schedule rule against docs/paper.md's table and detectron2's rescaled 9x."""
 import pytest
 
 from fromscratch.config import TrainConfig

@@ -71,9 +71,11 @@ def test_run_folder_and_exact_resume(tmp_path):
 def test_eval_cli_on_checkpoint(tmp_path, capsys):
     cfg = _cfg(tmp_path, "train.iterations=2", "train.steps=[1]", "train.warmup_iters=0")
     train(cfg)
+    assert "init: scratch (random MSRA init" in capsys.readouterr().out  # every run says what it started from
     ann = tmp_path / "data" / "ann.json"
-    rc = main(["eval", "configs/models/cpu.yaml", *TINY, f"data.val={ann}", f"output_dir={tmp_path / 'run'}",
-               "--weights", str(tmp_path / "run" / "model_0000002.pth"), "--out", str(tmp_path / "ev")])
+    rc = main(["eval", "configs/models/cpu.yaml", *TINY, f"data.val={ann}", "--weights",
+               str(tmp_path / "run" / "model_0000002.pth"), f"output_dir={tmp_path / 'run'}", "--out",
+               str(tmp_path / "ev")])  # an override after an option is accepted
     assert rc == 0 and "bbox" in capsys.readouterr().out
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert set(metrics) == {"bbox", "segm"}
@@ -118,7 +120,8 @@ def test_voc_dataset_trains_and_reports_voc_map(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("extra,types", [
-    (["model.meta_arch=keypoint_rcnn", "model.num_keypoints=3", "model.roi.keypoint_head_dim=32"], {"bbox", "keypoints"}),
+    (["model.meta_arch=keypoint_rcnn", "model.num_keypoints=3", "model.roi.keypoint_head_dim=32"],
+     {"bbox", "keypoints"}),
     (["model.meta_arch=faster_rcnn", "model.backbone.name=vgg16", "model.backbone.norm=none", "model.fpn.norm=none",
       "model.roi.norm=none", "model.roi.box_head=2fc"], {"bbox"})], ids=["keypoint_rcnn", "vgg16"])
 def test_keypoint_and_vgg_train_and_evaluate(tmp_path, extra, types):

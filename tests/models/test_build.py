@@ -105,6 +105,14 @@ def test_pretrained_load_report(tmp_path):
     torch.testing.assert_close(model.backbone.body.layer1[0].conv1.weight, sd["layer1.0.conv1.weight"])
     frozen = {n.split(".")[0] for n, p in model.backbone.body.named_parameters() if not p.requires_grad}
     assert frozen == {"conv1", "bn1", "layer1"} and model.init_kind == "pretrained"
+    # the line a run logs at its start: the file, its hash, what matched
+    import hashlib
+
+    from fromscratch.engine.trainer import init_line
+
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    assert init_line(model) == (f"init: pre-trained trunk from {path} (sha256 {digest}): 98 tensors matched, "
+                                f"1 missing, {len(rep.unexpected)} unexpected, 1 shape mismatches")
 
 
 def test_pretrained_too_few_keys_and_not_a_state_dict(tmp_path):

@@ -31,7 +31,7 @@ def _study(tmp: Path, **over) -> Path:
 
 def test_plan_arms_schedules_sizes_seeds_and_branches(tmp_path):
     study, base = load_study(_study(tmp_path, seeds=[0, 1]))
-    runs = plan_runs(study, base, tmp_path / "study", train_size=4)
+    runs, configs = plan_runs(study, base, tmp_path / "study", train_size=4)
     assert len(runs) == 2 * 2 * 2 * 2
     names = {r.name for r in runs}
     assert "scratch_all_1x_s0" in names and "pretrained_2_2x_s1" in names
@@ -40,7 +40,8 @@ def test_plan_arms_schedules_sizes_seeds_and_branches(tmp_path):
     # 1x on 4 images at batch 2: 24 iterations, first drop 8; 2x: 49, branches from 1x at 8
     assert (r1.total_iters, r1.first_drop) == (24, 8) and r2.total_iters == 49
     assert (r2.branch_from, r2.branch_iter) == ("scratch_all_1x_s0", 8)
-    assert "train.checkpoint_at=[8]" in r1.overrides
+    assert "train.checkpoint_at=[8]" in r1.overrides and configs[r1.name].train.checkpoint_at == [8]
+    assert configs[r2.name].train.schedule == "2x" and configs[r2.name].output_dir == str(r2.folder(tmp_path / "study"))
     small = next(r for r in runs if r.name == "scratch_2_1x_s0")
     assert any(o.startswith("data.subset=") for o in small.overrides) and small.total_iters == 12
     for chain in chains(runs):  # the prefix comes first in its chain
@@ -50,10 +51,11 @@ def test_plan_arms_schedules_sizes_seeds_and_branches(tmp_path):
 def test_complete_runs_are_skipped(tmp_path):
     study, base = load_study(_study(tmp_path))
     sd = tmp_path / "study"
-    run = plan_runs(study, base, sd, 4)[0]
+    runs, configs = plan_runs(study, base, sd, 4)
+    run = runs[0]
     run.folder(sd).mkdir(parents=True)
     (run.folder(sd) / f"model_{run.total_iters:07d}.pth").write_bytes(b"")
-    assert execute(run, study, base, sd).endswith("complete, skipped")
+    assert execute(run, configs[run.name], study, sd).endswith("complete, skipped")
 
 
 @pytest.mark.slow
@@ -79,13 +81,7 @@ def test_tiny_study_end_to_end_with_accounting(tmp_path):
     from fromscratch.config import load_config
     from fromscratch.engine.trainer import train
 
-    cfg = load_config(sd / "configs" / "scratch_all_2x_s0.yaml") if (sd / "configs").exists() else None
-    if cfg is None:
-        from fromscratch.study.plan import run_config
-
-        study, base = load_study(path)
-        r = next(x for x in plan_runs(study, base, sd, 4) if x.name == "scratch_all_2x_s0")
-        cfg = run_config(study, base, sd, r)
+    cfg = load_config(sd / "configs" / "scratch_all_2x_s0.yaml")
     cfg = cfg.model_copy(update={"output_dir": str(tmp_path / "fresh")})
     train(cfg)
     a = load_checkpoint(tmp_path / "fresh" / "model_0000049.pth")["model"]
@@ -171,8 +167,8 @@ def test_pretrain_from_image_folder(tmp_path):
                 arr = np.clip(value + rng.normal(0, 10, (40, 40, 3)), 0, 255).astype(np.uint8)
                 Image.fromarray(arr).save(tmp_path / "src" / split / cls / f"{i}.png")
     cfg = load_config("configs/models/cpu.yaml", [f"pretrain.source={tmp_path / 'src'}", "pretrain.image_size=32",
-                                                  "pretrain.batch_size=4", "pretrain.epochs=2", "pretrain.warmup_iters=1",
-                                                  f"pretrain.output={tmp_path / 'out'}"])
+                                                  "pretrain.batch_size=4", "pretrain.epochs=2",
+                                                  "pretrain.warmup_iters=1", f"pretrain.output={tmp_path / 'out'}"])
     r = pretrain(cfg)
     assert r["images"] == 24 and r["epochs"] == 2 and r["pixels"] == 24 * 32 * 32  # 12 images x 2 epochs
     assert r["val_top1"] is not None

@@ -8,7 +8,7 @@ and rank r of W takes slots [r*B/W, (r+1)*B/W) of the same global batch.
 """
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch

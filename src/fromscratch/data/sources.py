@@ -10,7 +10,7 @@ from typing import Any
 
 from fromscratch.data.coco import load_coco, read_json
 from fromscratch.data.records import Dataset
-from fromscratch.data.validate import Problem, _check_image_file, check_coco_dict, image_root_for
+from fromscratch.data.validate import Problem, check_coco_dict, check_image_file, image_root_for
 from fromscratch.errors import DataError
 
 
@@ -80,7 +80,7 @@ def _voc_image_problems(ds: Dataset) -> list[Problem]:
     out = []
     for r in ds.records:
         img = {"id": r.image_id, "width": r.width, "height": r.height}
-        for p in _check_image_file(ds.source, img, r.file_name):
+        for p in check_image_file(ds.source, img, r.file_name):
             out.append(Problem(p.file, f"image {r.file_ref}", p.field, p.message))
     return out
 

@@ -1,16 +1,17 @@
 """Dataset checks that name the file, the record and the field, run before any training step.
 
 ``fromscratch validate`` lists *every* problem (not just the first), and training runs the same
-checks first: a bad annotation found at hour 30 of a 6x schedule costs the run (shared/PAPER.md).
+checks first: a bad annotation found at hour 30 of a 6x schedule costs the run (docs/paper.md, Schedules).
 """
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 BOX_TOLERANCE = 1.0  # pixels a box may stick out of its image (COCO has rounding at the border)
 
@@ -86,12 +87,12 @@ def check_coco_images(file: str, images: list[dict], root: str, allow_outside: b
             valid.append((img, path))
     if check_files:
         with ThreadPoolExecutor(max_workers=8) as pool:
-            for found in pool.map(lambda ip: _check_image_file(file, *ip), valid):
+            for found in pool.map(lambda ip: check_image_file(file, *ip), valid):
                 problems.extend(found)
     return problems
 
 
-def _check_image_file(file: str, img: dict, path: str) -> list[Problem]:
+def check_image_file(file: str, img: dict, path: str) -> list[Problem]:
     from PIL import Image
 
     iid = img["id"]

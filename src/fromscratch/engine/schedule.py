@@ -1,7 +1,7 @@
 """The paper's schedule rule, rescaled to any batch size and dataset size; linear warm-up.
 
 ``Nx`` = N x 90k iterations at 16 images a batch; the LR drops by ``decay_factor`` in the last 60k
-and again in the last 20k iterations, whatever N (shared/PAPER.md, Section 4; note Detectron's own
+and again in the last 20k iterations, whatever N (docs/paper.md, Schedules; note Detectron's own
 1x drops at 60k/80k instead). Rescaling keeps the amount of training per image: at batch B the
 iteration counts scale by 16/B (detectron2's 9x at batch 64: 202.5k, drops 187.5k/197.5k), and on a
 dataset of D images by D/118,287 (1x = 12.17 epochs of COCO train2017; the drops are the last

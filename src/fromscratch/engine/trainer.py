@@ -1,17 +1,20 @@
-"""The training loop: step, log, periodic evaluation, checkpoint; one run = one folder.
+"""The training loop: a ``Trainer`` whose public ``train_step`` does one SGD iteration, and hooks
+(engine/hooks.py) for everything around it: evaluation, checkpoints, the best model, metric writers,
+stop-on-signal and divergence. The model is detectron2's ``TrainerBase``/``HookBase``.
 
-The folder (shared/DESIGN.md): ``config.yaml`` (resolved, written first), ``metrics.jsonl`` (one
-object per logged iteration, ``"type": "train"``, and per evaluation, ``"type": "eval"``: the
-convergence curve the study plots), TensorBoard events, ``model_XXXXXXX.pth`` checkpoints and
-``eval/`` (final detections and AP).
+One run is one folder (docs/design.md, "The run folder"): ``config.yaml`` (resolved, written first),
+``metrics.jsonl``, TensorBoard events, ``model_XXXXXXX.pth`` checkpoints, ``model_best.pth`` and
+``eval/``. Resuming restores model, optimizer, samples seen and RNG states from the newest checkpoint;
+the loader needs no state (the batch of iteration i is a function of (seed, i)), so a resumed run is
+bit-identical to an uninterrupted one.
 """
 from __future__ import annotations
 
-import json
-import math
+import logging
 import random
 import time
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,24 +22,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from fromscratch.config import Config, dump_config, has_masks
-from fromscratch.data.loader import train_loader
-from fromscratch.data.records import Dataset
-from fromscratch.data.sources import load_dataset, load_sources
-from fromscratch.data.transforms import TrainTransform, keypoint_flip_map
+from fromscratch import comm
+from fromscratch.config import Config, dump_config
+from fromscratch.data.build import build_datasets, build_train_loader
 from fromscratch.engine import checkpoint as ckpt
-from fromscratch.engine import distributed as D
+from fromscratch.engine.hooks import HookBase, default_hooks
 from fromscratch.engine.optim import build_optimizer
-from fromscratch.engine.schedule import Plan, make_plan
-from fromscratch.errors import ConfigError, FromScratchError, Stopped
-from fromscratch.evaluation.predict import ap_table, evaluate_dataset, predict
-from fromscratch.evaluation.tta import tta_spec
+from fromscratch.engine.schedule import make_plan
+from fromscratch.errors import ConfigError
+from fromscratch.evaluation.predict import ap_table
+from fromscratch.log import setup_logging
 from fromscratch.models.build import build_model
-from fromscratch.utils import atomic_write_text
+from fromscratch.utils import atomic_write_text, sha256_prefix
 
-DIVERGENCE_HINTS = ("no normalization (norm=none) from scratch, or BN with small per-process batches "
-                    "(use GN or SyncBN: Detectron #665, #53); an LR too high for the batch, or no warm-up "
-                    "(train.warmup_iters); try train.clip_grad_norm")
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -47,31 +46,10 @@ class Samples:
     instances: int = 0
     pixels: int = 0
 
-    def add(self, other: "Samples") -> None:
+    def add(self, other: Samples) -> None:
         self.images += other.images
         self.instances += other.instances
         self.pixels += other.pixels
-
-
-@dataclass
-class Run:
-    cfg: Config
-    out: Path
-    device: torch.device
-    train_ds: Dataset
-    val_ds: Dataset | None
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    plan: Plan
-    start_iter: int = 0
-    samples: Samples = field(default_factory=Samples)
-    history: list[dict] = field(default_factory=list)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def seed_all(seed: int) -> None:
@@ -80,20 +58,11 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_data(cfg: Config) -> tuple[Dataset, Dataset | None]:
-    d = cfg.data
-    if not d.train:
-        raise ConfigError("data.train is not set: give a COCO json or VOC folder")
-    common = dict(fmt=d.format, image_root=d.image_root, on_invalid=d.on_invalid, check_images=d.check_images,
-                  allow_outside_root=d.allow_outside_root)
-    train = load_sources(d.train, subset=d.subset, **common)
-    val = load_dataset(d.val, **common) if d.val else None
-    return train, val
-
-
 def prepare_output(cfg: Config, resume: bool) -> Path:
+    """Create ``output_dir`` (refusing one that cannot be written, or holds a run unless resuming) and
+    write the resolved config into it first."""
     out = Path(cfg.output_dir)
-    if D.is_main():
+    if comm.is_main():
         try:
             out.mkdir(parents=True, exist_ok=True)
             probe = out / ".write-test"
@@ -105,91 +74,24 @@ def prepare_output(cfg: Config, resume: bool) -> Path:
             raise ConfigError(f"output_dir {out} already holds checkpoints: pass --resume to continue that run, "
                               "or choose another output_dir")
         atomic_write_text(out / "config.yaml", dump_config(cfg))
-    D.barrier()
+    comm.barrier()
     return out
 
 
-def setup(cfg: Config, resume: bool = False) -> Run:
-    device = pick_device(cfg.train.device)
-    D.init_from_env(device)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    if cfg.train.amp == "fp16" and device.type != "cuda":
-        raise ConfigError("train.amp=fp16 needs CUDA (GradScaler); use train.amp=bf16 on CPU")
-    train_ds, val_ds = load_data(cfg)  # every check before any model is built
-    plan = make_plan(cfg.train, len(train_ds.records))
-    out = prepare_output(cfg, resume)
-    seed_all(cfg.train.seed)  # same init on every process
-    num_classes = cfg.model.num_classes or train_ds.num_classes
-    model = build_model(cfg, num_classes).to(device)
-    opt = build_optimizer(model, plan.base_lr, cfg.train.momentum, cfg.train.weight_decay,
-                          cfg.train.weight_decay_norm)
-    run = Run(cfg, out, device, train_ds, val_ds, model, opt, plan)
-    if resume:
-        _resume(run)
-    if D.is_dist():
-        run.model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                                        else None,
-                                                        # stages 2+ idle before cascade_from_iter
-                                                        find_unused_parameters=cfg.model.cascade_from_iter is not None)
-    return run
+def init_line(model: nn.Module) -> str:
+    """What the run starts from: scratch, or a weights file with its hash and what matched."""
+    rep = getattr(model, "load_report", None)
+    if rep is None:
+        return "init: scratch (random MSRA init, no pre-trained weights)"
+    return (f"init: pre-trained trunk from {rep.source} (sha256 {sha256_prefix(Path(rep.source))}): "
+            f"{len(rep.matched)} tensors matched, {len(rep.missing)} missing, {len(rep.unexpected)} unexpected, "
+            f"{len(rep.shape_mismatch)} shape mismatches")
 
 
-def _resume(run: Run) -> None:
-    found = ckpt.list_checkpoints(run.out)
-    if not found:
-        print(f"--resume: no checkpoint in {run.out}, starting from iteration 0")
-        return
-    state = ckpt.load_checkpoint(found[-1])
-    run.model.load_state_dict(state["model"])
-    run.optimizer.load_state_dict(state["optimizer"])
-    run.start_iter = int(state["iteration"])
-    run.samples = Samples(**state["samples"])
-    ckpt.set_rng_state(state["rng"])
-    _truncate_metrics(run.out / "metrics.jsonl", run.start_iter)
-    print(f"resumed from {found[-1]} at iteration {run.start_iter}")
-
-
-def _truncate_metrics(path: Path, iteration: int) -> None:
-    """Drop lines a killed run logged after its last checkpoint: they will be logged again."""
-    if not path.exists() or not D.is_main():
-        return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["iteration"] <= iteration]
-    atomic_write_text(path, "".join(ln + "\n" for ln in keep))
-
-
-def save(run: Run, iteration: int) -> Path:
-    path = ckpt.checkpoint_path(run.out, iteration)
-    if D.is_main():
-        model = run.model.module if hasattr(run.model, "module") else run.model
-        ckpt.save_checkpoint(path, {"model": model.state_dict(), "optimizer": run.optimizer.state_dict(),
-                                    "iteration": iteration, "plan": run.plan.to_dict(),
-                                    "samples": vars(run.samples).copy(), "rng": ckpt.rng_state()})
-        ckpt.prune(run.out, run.cfg.train.keep_checkpoints,
-                   {ckpt.checkpoint_path(run.out, i) for i in run.cfg.train.checkpoint_at})
-    D.barrier()
-    return path
-
-
-def evaluate_run(run: Run, iteration: int) -> dict[str, Any]:
-    assert run.val_ds is not None
-    model = run.model.module if hasattr(run.model, "module") else run.model
-    results = predict(model, run.val_ds, run.device, run.cfg.data.num_workers, run.cfg.eval.max_images,
-                      tta_spec(run.cfg))
-    metrics: dict[str, Any] = {}
-    if D.is_main():
-        n = run.cfg.eval.max_images
-        ds = run.val_ds.subset([r.image_id for r in run.val_ds.records[:n]]) if n else run.val_ds
-        metrics = evaluate_dataset(ds, results, run.cfg.model.meta_arch, run.cfg.eval.backend)
-        (run.out / "eval").mkdir(exist_ok=True)
-        atomic_write_text(run.out / "eval" / f"detections_{iteration:07d}.json", json.dumps(results))
-    return metrics
-
-
-def _batch_samples(images: list[torch.Tensor], targets: list[dict]) -> Samples:
+def _batch_samples(images: Sequence[torch.Tensor], targets: Sequence[dict]) -> Samples:
     s = torch.tensor([len(images), sum(len(t["boxes"]) for t in targets),
                       sum(im.shape[-2] * im.shape[-1] for im in images)], dtype=torch.float64)
-    if D.is_dist():
+    if comm.is_dist():
         torch.distributed.all_reduce(s)
     return Samples(*(int(v) for v in s.tolist()))
 
@@ -197,160 +99,168 @@ def _batch_samples(images: list[torch.Tensor], targets: list[dict]) -> Samples:
 def _reduce(losses: dict[str, torch.Tensor]) -> dict[str, float]:
     """Loss values averaged over processes (what is logged and checked), so every rank agrees."""
     vals = torch.stack([v.detach().float() for v in losses.values()])
-    if D.is_dist():
+    if comm.is_dist():
         torch.distributed.all_reduce(vals)
-        vals /= D.world_size()
+        vals /= comm.world_size()
     return dict(zip(losses, vals.tolist()))
 
 
-def _check_finite(run: Run, it: int, values: dict[str, float], targets: list[dict]) -> bool:
-    if math.isfinite(sum(values.values())):
-        return True
-    if run.cfg.train.skip_nonfinite_steps:
-        print(f"iteration {it + 1}: non-finite loss, step skipped (train.skip_nonfinite_steps)")
-        return False
-    path = save(run, it)  # the state before this step: the last good one
-    detail = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
-    raise FromScratchError(
-        f"non-finite loss at iteration {it + 1}: {detail}; lr={run.plan.lr_at(it):.4g}; images "
-        f"{[t['image_id'] for t in targets]}. Last good state saved to {path}. Known causes: {DIVERGENCE_HINTS}")
+class Trainer:
+    """Set up a run from a config (device, data, schedule, output folder, model, optimizer, resume,
+    DDP), then ``train()``: the loop calls ``train_step`` and the hooks.
 
+    Hooks see the trainer: ``iter`` (the 0-based iteration being run), ``done`` (iterations completed),
+    ``values`` (the last step's process-averaged losses), ``step_time``/``data_time``, ``samples``,
+    ``metrics`` (the last evaluation's numbers) and ``save(iteration)``.
+    """
 
-class StopRequest:
-    """SIGTERM / SIGINT set a flag; the loop checkpoints at the end of the iteration and exits.
-    Across processes the flag is all-reduced, so every rank stops at the same iteration."""
+    def __init__(self, cfg: Config, resume: bool = False, hooks: list[HookBase] | None = None) -> None:
+        setup_logging()
+        self.cfg, self.resume = cfg, resume
+        self.device = comm.pick_device(cfg.train.device)
+        comm.init_from_env(self.device)
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        if cfg.train.amp == "fp16" and self.device.type != "cuda":
+            raise ConfigError("train.amp=fp16 needs CUDA (GradScaler); use train.amp=bf16 on CPU")
+        self.train_ds, self.val_ds = build_datasets(cfg.data)  # every check before any model is built
+        self.plan = make_plan(cfg.train, len(self.train_ds.records))
+        self.out = prepare_output(cfg, resume)
+        seed_all(cfg.train.seed)  # same init on every process
+        self.model = build_model(cfg, cfg.model.num_classes or self.train_ds.num_classes).to(self.device)
+        self._log_init()
+        self.optimizer = build_optimizer(self.model, self.plan.base_lr, cfg.train.momentum, cfg.train.weight_decay,
+                                         cfg.train.weight_decay_norm)
+        self.amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.amp)
+        self.scaler = torch.amp.GradScaler("cuda") if cfg.train.amp == "fp16" else None
+        self.start_iter, self.iter, self.done = 0, 0, 0
+        self.samples = Samples()
+        self.values: dict[str, float] = {}
+        self.metrics: dict[str, Any] = {}
+        self.metrics_iteration = -1  # the iteration self.metrics were measured at
+        self.batch_images = 0
+        self.step_time = self.data_time = 0.0
+        if resume:
+            self._resume()
+        self.ddp = self._wrap_ddp()
+        self.hooks: list[HookBase] = []
+        self.register_hooks(default_hooks(cfg) if hooks is None else hooks)
 
-    def __init__(self) -> None:
-        import signal
-        import threading
+    # ------------------------------------------------------------------ set-up
 
-        self.flag = False
-        self.previous: dict = {}
-        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
-            self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+    def _log_init(self) -> None:
+        logger.info(init_line(self.model))
+        rep = getattr(self.model, "load_report", None)
+        if rep is not None and (rep.missing or rep.unexpected or rep.shape_mismatch):
+            logger.info(rep.summary())
 
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.flag = True
+    def _resume(self) -> None:
+        found = ckpt.list_checkpoints(self.out)
+        if not found:
+            logger.info(f"--resume: no checkpoint in {self.out}, starting from iteration 0")
+            return
+        state = ckpt.load_checkpoint(found[-1])
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.start_iter = self.done = int(state["iteration"])
+        self.samples = Samples(**state["samples"])
+        ckpt.set_rng_state(state["rng"])
+        ckpt.truncate_metrics(self.out / "metrics.jsonl", self.start_iter, comm.is_main())
+        logger.info(f"resumed from {found[-1]} at iteration {self.start_iter}")
 
-    def requested(self) -> bool:
-        if not D.is_dist():
-            return self.flag
-        f = torch.tensor([float(self.flag)])
-        torch.distributed.all_reduce(f)
-        return bool(f.item())
+    def _wrap_ddp(self) -> nn.Module:
+        """The module the step calls: DDP around the model when torchrun started several processes."""
+        if not comm.is_dist():
+            return self.model
+        cuda = self.device.type == "cuda"
+        return nn.parallel.DistributedDataParallel(
+            self.model, device_ids=[self.device.index] if cuda else None,
+            find_unused_parameters=self.cfg.model.cascade_from_iter is not None)  # stages 2+ idle until then
 
-    def restore(self) -> None:
-        import signal
+    def register_hooks(self, hooks: list[HookBase]) -> None:
+        for h in hooks:
+            h.trainer = self
+            self.hooks.append(h)
 
-        for s, h in self.previous.items():
-            signal.signal(s, h)
+    # ------------------------------------------------------------------ the step and the loop
 
+    def save(self, iteration: int) -> Path:
+        """Checkpoint the state after ``iteration`` iterations (atomic; rank 0 writes, all wait)."""
+        path = ckpt.checkpoint_path(self.out, iteration)
+        if comm.is_main():
+            ckpt.save_checkpoint(path, {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                                        "iteration": iteration, "plan": self.plan.to_dict(),
+                                        "samples": vars(self.samples).copy(), "rng": ckpt.rng_state()})
+            ckpt.prune(self.out, self.cfg.train.keep_checkpoints,
+                       {ckpt.checkpoint_path(self.out, i) for i in self.cfg.train.checkpoint_at})
+        comm.barrier()
+        return path
 
-def _step(run: Run, it: int, images: list, targets: list, amp: torch.dtype | None, scaler: Any,
-          stages: dict[str, float] | None = None) -> dict[str, float]:
-    """One SGD iteration at the schedule's LR; returns the (process-averaged) loss values.
-    ``stages`` (benchmarks/train_step.py) accumulates seconds spent in forward, backward and optimizer."""
-    tick = time.perf_counter() if stages is not None else 0.0
-    t = run.cfg.train
-    for g in run.optimizer.param_groups:
-        g["lr"] = run.plan.lr_at(it)
-    k = run.cfg.model.cascade_from_iter
-    if k is not None:  # one stage until iteration k, then the whole cascade (a function of it: resume stays exact)
-        heads = (run.model.module if hasattr(run.model, "module") else run.model).roi_heads
-        heads.active_stages = 1 if it < k else len(run.cfg.model.roi.cascade_ious)
-    images = [im.to(run.device, non_blocking=True).float().div_(255) for im in images]
-    targets = [{k: (v.to(run.device) if torch.is_tensor(v) else v) for k, v in tg.items()} for tg in targets]
-    with torch.autocast(run.device.type, dtype=amp or torch.float32, enabled=amp is not None):
-        losses = run.model(images, targets)
-    run.samples.add(_batch_samples(images, targets))
-    values = _reduce(losses)
-    if not _check_finite(run, it, values, targets):
+    def _set_lr(self, iteration: int) -> None:
+        for g in self.optimizer.param_groups:
+            g["lr"] = self.plan.lr_at(iteration)
+        k = self.cfg.model.cascade_from_iter
+        if k is not None:  # one stage until iteration k, then the whole cascade (a function of it: resume stays exact)
+            self.model.roi_heads.active_stages = 1 if iteration < k else len(self.cfg.model.roi.cascade_ious)
+
+    def train_step(self, iteration: int, images: Sequence[torch.Tensor], targets: Sequence[dict]) -> dict[str, float]:
+        """One SGD iteration at the schedule's LR on this process's share of the batch (uint8 CHW
+        images, torchvision targets); returns the loss values averaged over processes. A hook's
+        ``after_forward`` may veto the update (a non-finite loss skipped)."""
+        self._set_lr(iteration)
+        imgs = [im.to(self.device, non_blocking=True).float().div_(255) for im in images]
+        tgts = [{k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
+        with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+            losses = self.ddp(imgs, tgts)
+        self.samples.add(_batch_samples(imgs, tgts))
+        values = _reduce(losses)
+        if not all([h.after_forward(iteration, values, tgts) for h in self.hooks]):
+            return values
+        loss = sum(losses.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        (self.scaler.scale(loss) if self.scaler else loss).backward()
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        if self.cfg.train.clip_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.clip_grad_norm)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         return values
-    loss = sum(losses.values())
-    if stages is not None:
-        tick = _lap(stages, "forward", tick)
-    run.optimizer.zero_grad(set_to_none=True)
-    (scaler.scale(loss) if scaler else loss).backward()
-    if stages is not None:
-        tick = _lap(stages, "backward", tick)
-    if scaler:
-        scaler.unscale_(run.optimizer)
-    if t.clip_grad_norm:
-        torch.nn.utils.clip_grad_norm_(run.model.parameters(), t.clip_grad_norm)
-    if scaler:
-        scaler.step(run.optimizer)
-        scaler.update()
-    else:
-        run.optimizer.step()
-    if stages is not None:
-        _lap(stages, "optimizer", tick)
-    return values
 
+    def train(self) -> dict[str, Any]:
+        """Train to the end of the schedule; returns the final metrics and where the files are."""
+        loader = build_train_loader(self.cfg, self.train_ds, self.start_iter, self.plan.total_iters,
+                                    comm.rank(), comm.world_size())
+        self.model.train()
+        for h in self.hooks:
+            h.before_train()
+        try:
+            tic = time.perf_counter()
+            for it, (images, targets) in enumerate(loader, start=self.start_iter):
+                self.iter, self.data_time = it, time.perf_counter() - tic
+                for h in self.hooks:
+                    h.before_step()
+                self.values = self.train_step(it, images, targets)
+                self.done, self.step_time = it + 1, time.perf_counter() - tic
+                self.batch_images = len(images) * comm.world_size()
+                for h in self.hooks:
+                    h.after_step()
+                tic = time.perf_counter()
+        finally:
+            for h in self.hooks:
+                h.after_train()
+        return {"output_dir": str(self.out), "iterations": self.plan.total_iters, "metrics": self.metrics,
+                "samples": vars(self.samples), "table": ap_table(self.metrics) if self.metrics else ""}
 
-def _lap(stages: dict[str, float], name: str, since: float) -> float:
-    now = time.perf_counter()
-    stages[name] = stages.get(name, 0.0) + now - since
-    return now
-
-
-def _after_eval(run: Run, done: int, metrics: dict[str, Any], best: float) -> float:
-    """Keep ``model_best.pth``: the checkpoint with the best val AP (first IoU type) so far."""
-    ap = next(iter(metrics.values()))["AP"] if metrics else -1.0
-    if ap > best and D.is_main():
-        model = run.model.module if hasattr(run.model, "module") else run.model
-        ckpt.save_checkpoint(run.out / "model_best.pth", {"model": model.state_dict(), "iteration": done, "AP": ap})
-    return max(ap, best)
-
-
-def _previous_best(out: Path) -> float:
-    path = out / "model_best.pth"
-    return float(ckpt.load_checkpoint(path).get("AP", -1.0)) if path.exists() else -1.0
+    @property
+    def is_last(self) -> bool:
+        return self.done == self.plan.total_iters
 
 
 def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
-    """Train to the end of the schedule; returns the final metrics and where the files are."""
-    from fromscratch.engine.logging import MetricLogger
+    """Set up a run of ``cfg`` with the default hooks and train it (what ``fromscratch train`` does)."""
+    return Trainer(cfg, resume).train()
 
-    run = setup(cfg, resume)
-    d, t = cfg.data, cfg.train
-    flip_map = keypoint_flip_map(run.train_ds.keypoint_names) if run.train_ds.keypoint_names else None
-    loader = train_loader(run.train_ds, TrainTransform(d.train_scales, d.scale_sampling, d.max_size, d.flip_prob,
-                                                       flip_map),
-                          t.batch_size, t.seed, run.start_iter, run.plan.total_iters,
-                          with_masks=has_masks(cfg.model.meta_arch),
-                          with_keypoints=cfg.model.meta_arch == "keypoint_rcnn", num_workers=d.num_workers,
-                          group=d.aspect_ratio_grouping, rank=D.rank(), world_size=D.world_size())
-    log = MetricLogger(run.out, run.plan.total_iters, run.start_iter, D.is_main(), t.log_period)
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.amp)
-    scaler = torch.amp.GradScaler("cuda") if t.amp == "fp16" else None
-    stop = StopRequest()
-    run.model.train()
-    metrics: dict[str, Any] = {}
-    best = _previous_best(run.out) if resume else -1.0
-    tic = time.perf_counter()
-    try:
-        for it, (images, targets) in enumerate(loader, start=run.start_iter):
-            data_time = time.perf_counter() - tic
-            values = _step(run, it, images, targets, amp, scaler)
-            done = it + 1
-            log.step(done, values, run.plan.lr_at(it), time.perf_counter() - tic, data_time,
-                     len(images) * D.world_size(), vars(run.samples))
-            last = done == run.plan.total_iters
-            if run.val_ds is not None and ((t.eval_period and done % t.eval_period == 0) or last):
-                metrics = evaluate_run(run, done)
-                log.eval(done, metrics, vars(run.samples))
-                best = _after_eval(run, done, metrics, best)
-            periodic = (t.checkpoint_period and done % t.checkpoint_period == 0) or done in t.checkpoint_at
-            saved = save(run, done) if periodic or last else None
-            if not last and stop.requested():
-                path = saved or save(run, done)
-                raise Stopped(f"stopped by signal at iteration {done}; checkpoint {path}. Resume with: "
-                              f"fromscratch train <config> [overrides] --resume  (output_dir={run.out})")
-            tic = time.perf_counter()
-    finally:
-        stop.restore()
-        log.close()
-    if D.is_main() and metrics:
-        atomic_write_text(run.out / "eval" / "metrics.json", json.dumps(metrics, indent=1))
-    return {"output_dir": str(run.out), "iterations": run.plan.total_iters, "metrics": metrics,
-            "samples": vars(run.samples), "table": ap_table(metrics) if metrics else ""}

@@ -1,6 +1,6 @@
 """COCO AP (bbox, segm, keypoints): the 12 summary numbers and per-category AP.
 
-Backends: faster-coco-eval (the C++ port, default: 3-9x faster here, shared/PERF-NOTES.md) and
+Backends: faster-coco-eval (the C++ port, default: 3-9x faster here, docs/paper.md, Measured on our machine kind) and
 pycocotools, the reference (``eval.backend=pycocotools``). Both take the same ground-truth dict and
 the same results list, and tests check that they agree. Results are a standard COCO results json
 (what pycocotools, detectron2 and mmdetection tools read).

@@ -9,11 +9,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from fromscratch import comm
 from fromscratch.config import has_masks
 from fromscratch.data.loader import eval_loader
 from fromscratch.data.masks import encode_mask
 from fromscratch.data.records import Dataset
-from fromscratch.engine import distributed as D
 from fromscratch.evaluation.coco import evaluate
 from fromscratch.evaluation.tta import TTASpec, tta_predict
 
@@ -49,7 +49,7 @@ def predict(model: nn.Module, ds: Dataset, device: torch.device, num_workers: in
     records = ds.records[:max_images] if max_images else ds.records
     l2c = ds.label_to_cat_id
     mine: list[dict] = []
-    for images, ids in eval_loader(records, num_workers, D.rank(), D.world_size()):
+    for images, ids in eval_loader(records, num_workers, comm.rank(), comm.world_size()):
         batch = [im.to(device).float().div_(255) for im in images]
         if tta is not None:
             outs = [tta_predict(model, im, tta) for im in batch]
@@ -58,7 +58,7 @@ def predict(model: nn.Module, ds: Dataset, device: torch.device, num_workers: in
         for out, iid in zip(outs, ids):
             mine += outputs_to_results(out, iid, l2c)
     model.train(was)
-    return [r for part in D.gather_objects(mine) for r in part]
+    return [r for part in comm.gather_objects(mine) for r in part]
 
 
 def iou_types_for(ds: Dataset, meta_arch: str) -> list[str]:

@@ -8,7 +8,7 @@ each layer's activation and state-dict keys, so GN-pretrained timm weights still
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -116,7 +116,7 @@ class TimmFPN(nn.Module):
                                          norm_layer=norm_factory(fpn_norm, gn_groups))
         self.out_channels = fpn_channels
 
-    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+    def forward(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
         return self.fpn(OrderedDict((str(i), f) for i, f in enumerate(self.body(x))))
 
 

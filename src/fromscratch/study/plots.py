@@ -2,6 +2,7 @@
 samples seen, pre-training included) and Fig. 8 (training loss next to val AP per data size)."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,7 @@ from fromscratch.engine.schedule import parse_multiplier
 from fromscratch.study.accounting import KINDS, total_samples
 
 STYLES = ["-", "--", ":", "-."]
+logger = logging.getLogger(__name__)
 
 
 def _plt() -> Any:
@@ -106,28 +108,37 @@ def _detections(folder: Path, iteration: int) -> list[dict]:
     return json.loads(path.read_text()) if path.exists() else []
 
 
+def _study_config(plan: dict, out: Path) -> Any:
+    """A resolved run config of the study (configs/<run>.yaml; older study folders: the detector file and
+    the study's overrides), for its data.val; None, with a message, when neither can be read."""
+    from fromscratch.config import load_config
+    from fromscratch.errors import FromScratchError
+    from fromscratch.study.plan import dotted_overrides
+
+    first = out / "configs" / f"{plan['runs'][0]['name']}.yaml" if plan.get("runs") else None
+    try:
+        if first is not None and first.exists():
+            return load_config(first)
+        return load_config(plan["detector"], dotted_overrides(plan["study"].get("overrides", {})))
+    except FromScratchError as e:  # the study's detector config moved: the figure needs its data.val
+        logger.warning(f"report: no predictions figure ({str(e).splitlines()[0]})")
+        return None
+
+
 def prediction_figure(plan: dict, results: list, out: Path, n_images: int = 3, score: float = 0.3) -> str | None:
     """The same val images predicted by each arm at its first and its final evaluation (largest data size):
     what "pre-training converges faster" looks like. Drawn from the runs' saved detections."""
     import numpy as np
 
-    from fromscratch.config import load_config
+    from fromscratch.data.build import build_dataset
     from fromscratch.data.loader import load_image
-    from fromscratch.data.sources import load_dataset
-    from fromscratch.study.plan import _dotted
     from fromscratch.visualize import draw, grid, save_png
 
-    from fromscratch.errors import FromScratchError
-
     study = plan["study"]
-    try:
-        cfg = load_config(plan["detector"], _dotted(study.get("overrides", {})))
-    except FromScratchError as e:  # the study's detector config moved: the figure needs its data.val
-        print(f"report: no predictions figure ({str(e).splitlines()[0]})")
+    cfg = _study_config(plan, out)
+    if cfg is None or not cfg.data.val:
         return None
-    if not cfg.data.val:
-        return None
-    val = load_dataset(cfg.data.val, check_images=False)
+    val = build_dataset(cfg.data, "val", check_images=False)
     c2l = {c: lab for lab, c in val.label_to_cat_id.items()}
     size = str(study["data_sizes"][0])
     scheds = sorted(study["schedules"], key=parse_multiplier)
@@ -139,7 +150,8 @@ def prediction_figure(plan: dict, results: list, out: Path, n_images: int = 3, s
         if scheds[0] not in runs or scheds[-1] not in runs:
             continue
         first, last = runs[scheds[0]], runs[scheds[-1]]
-        for label, run, it in (("early", first, first.evals[0]["iteration"]), ("final", last, last.evals[-1]["iteration"])):
+        for label, run, it in (("early", first, first.evals[0]["iteration"]),
+                               ("final", last, last.evals[-1]["iteration"])):
             dets = _detections(out / "runs" / run.run["name"], it)
             for rec in records:
                 mine = [d for d in dets if d["image_id"] == rec.image_id and d["score"] >= score]

@@ -10,10 +10,12 @@ study's sample accounting adds to the pre-trained arm (the paper's Fig. 2).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,14 +23,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from fromscratch.config import Config
+from fromscratch.engine.checkpoint import save_checkpoint
 from fromscratch.engine.optim import build_optimizer
 from fromscratch.errors import ConfigError
 from fromscratch.models.backbones import RESNETS, resnet_trunk
 from fromscratch.utils import atomic_write_text
 
+logger = logging.getLogger(__name__)
+
 
 def _fashion_batches(images: torch.Tensor, labels: torch.Tensor, batch: int, size: int, mean: torch.Tensor,
-                     std: torch.Tensor, rng: torch.Generator, train: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                     std: torch.Tensor, rng: torch.Generator,
+                     train: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Grey 28x28 items -> tinted RGB at ``size`` (the tint of fashion-scenes), flipped at random."""
     order = torch.randperm(len(images), generator=rng) if train else torch.arange(len(images))
     for i in range(0, len(order) - (batch - 1 if train else 0), batch):
@@ -62,7 +68,8 @@ def _folder_loaders(root: Path, size: int, batch: int, mean: list[float], std: l
                     max_images: int | None) -> tuple[Any, Any, list[str]]:
     """ImageNet-style ``root/train/<class>/*`` (and ``root/val/<class>/*`` if present), read with
     torchvision's ImageFolder; the usual RandomResizedCrop + flip for training."""
-    from torchvision import datasets, transforms as T
+    from torchvision import datasets
+    from torchvision import transforms as T
 
     if not (root / "train").is_dir():
         raise ConfigError(f"pretrain.source={root}: expected an ImageNet-style folder with train/<class>/ images")
@@ -76,7 +83,8 @@ def _folder_loaders(root: Path, size: int, batch: int, mean: list[float], std: l
     tl = torch.utils.data.DataLoader(train, batch, shuffle=True, drop_last=True, num_workers=2, generator=g)
     vl = None
     if (root / "val").is_dir():
-        val = datasets.ImageFolder(str(root / "val"), T.Compose([T.Resize(size), T.CenterCrop(size), T.ToTensor(), norm]))
+        val_tf = T.Compose([T.Resize(size), T.CenterCrop(size), T.ToTensor(), norm])
+        val = datasets.ImageFolder(str(root / "val"), val_tf)
         vl = torch.utils.data.DataLoader(val, 256, num_workers=2)
     classes = train.dataset.classes if isinstance(train, torch.utils.data.Subset) else train.classes
     return tl, vl, classes
@@ -144,15 +152,13 @@ def pretrain(cfg: Config) -> dict[str, Any]:
             opt.step()
             it, seen = it + 1, seen + len(y)
             if it % 50 == 0 or it == iters:
-                print(f"pretrain iteration {it}/{iters}: loss {loss.item():.3f}", flush=True)
+                logger.info(f"pretrain iteration {it}/{iters}: loss {loss.item():.3f}")
             if it >= iters:
                 break
     wall = time.perf_counter() - start
     acc = top1(model, val) if val is not None else None
     out = Path(p.output)
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
-    from fromscratch.engine.checkpoint import save_checkpoint
-
     save_checkpoint(out / "backbone.pth", state)
     acct = {"source": p.source, "backbone": cfg.model.backbone.name, "norm": cfg.model.backbone.norm,
             "images": seen, "instances": seen, "pixels": seen * p.image_size ** 2, "epochs": seen / n,

@@ -7,6 +7,7 @@ Everything lands in one folder: ``study.yaml`` (the study as given), ``plan.json
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -14,21 +15,31 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
-from fromscratch.config import dump_config, load_config
-from fromscratch.data.coco import read_json
+from fromscratch.config import Config, dump_config
+from fromscratch.data.build import train_image_ids
 from fromscratch.data.subsets import choose_subset, write_subset
 from fromscratch.engine import checkpoint as ckpt
 from fromscratch.errors import FromScratchError
-from fromscratch.study.plan import (STAGE, PlannedRun, Study, _dotted, chains, load_study, load_suite, part_dir,
-                                    plan_runs, run_config)
+from fromscratch.study.plan import (
+    STAGE,
+    PlannedRun,
+    Study,
+    base_config,
+    chains,
+    load_study,
+    load_suite,
+    part_dir,
+    plan_runs,
+)
 from fromscratch.utils import atomic_write_text
 
+logger = logging.getLogger(__name__)
 
-def _train_ids(study: Study, base: Path) -> list[int]:
-    cfg = load_config(base / study.detector, _dotted(study.overrides))
+
+def _train_ids(cfg: Config) -> list[int]:
     if not isinstance(cfg.data.train, str) or not cfg.data.train.endswith(".json"):
         raise FromScratchError("a study needs data.train to be a COCO json (set it in the study's overrides)")
-    return [int(i["id"]) for i in read_json(cfg.data.train)["images"]]
+    return train_image_ids(cfg.data)
 
 
 def write_subsets(study: Study, study_dir: Path, ids: list[int]) -> None:
@@ -40,17 +51,15 @@ def write_subsets(study: Study, study_dir: Path, ids: list[int]) -> None:
             write_subset(path, choose_subset(ids, int(size), study.subset_seed), "data.train", study.subset_seed)
 
 
-def run_pretrain_stage(study: Study, base: Path, study_dir: Path) -> None:
+def run_pretrain_stage(study: Study, cfg: Config, study_dir: Path) -> None:
     if not any(a.weights == STAGE for a in study.arms) or (study_dir / "pretrain" / "accounting.json").exists():
         return
     from fromscratch.study.pretrain import pretrain
 
-    cfg = load_config(base / study.detector, _dotted(study.overrides))
     pt = (study.pretrain or cfg.pretrain).model_copy(update={"output": str(study_dir / "pretrain")})
-    cfg = cfg.model_copy(update={"pretrain": pt})
-    result = pretrain(cfg)
-    print(f"pre-training stage: {result['images']:,} images at {result['image_size']} px in "
-          f"{result['wall_time_s']} s, held-out top-1 {result['val_top1']}")
+    result = pretrain(cfg.model_copy(update={"pretrain": pt}))
+    logger.info(f"pre-training stage: {result['images']:,} images at {result['image_size']} px in "
+                f"{result['wall_time_s']} s, held-out top-1 {result['val_top1']}")
 
 
 def is_complete(folder: Path, total: int) -> bool:
@@ -66,26 +75,24 @@ def seed_from_prefix(run: PlannedRun, study_dir: Path) -> None:
         return  # the prefix is gone: train from 0 (same result, more time)
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(prefix_ckpt, ckpt.checkpoint_path(folder, run.branch_iter))
-    lines = [ln for ln in (src / "metrics.jsonl").read_text().splitlines()
-             if ln.strip() and json.loads(ln)["iteration"] <= run.branch_iter]
-    atomic_write_text(folder / "metrics.jsonl", "".join(ln + "\n" for ln in lines))
+    shutil.copyfile(src / "metrics.jsonl", folder / "metrics.jsonl")
+    ckpt.truncate_metrics(folder / "metrics.jsonl", run.branch_iter)
     atomic_write_text(folder / "branch.json", json.dumps({"from": run.branch_from, "iteration": run.branch_iter}))
 
 
-def execute(run: PlannedRun, study: Study, base: Path, study_dir: Path) -> str:
+def execute(run: PlannedRun, cfg: Config, study: Study, study_dir: Path) -> str:
+    """Train one planned run to its end (resuming what is there), in this process or a subprocess."""
     folder = run.folder(study_dir)
     if is_complete(folder, run.total_iters):
         return f"{run.name}: complete, skipped"
     if run.branch_from and not ckpt.list_checkpoints(folder):
         seed_from_prefix(run, study_dir)
-    cfg = run_config(study, base, study_dir, run)
     if study.parallel == 1 and study.nproc == 1:
         from fromscratch.engine.trainer import train
 
         train(cfg, resume=True)
         return f"{run.name}: done"
     cfg_file = study_dir / "configs" / f"{run.name}.yaml"
-    atomic_write_text(cfg_file, dump_config(cfg))
     launcher = [sys.executable] if study.nproc == 1 else \
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(study.nproc)]
     threads = ["train.threads=1"] if study.parallel > 1 else []
@@ -108,7 +115,7 @@ def run_study(path: str | Path, plan_only: bool = False, output_dir: str | Path 
         atomic_write_text(out / "suite.json", json.dumps({"suite": s.model_dump(mode="json"),
                                                           "parts": [Path(p).stem for p in s.parts]}, indent=1))
         for part in s.parts:
-            print(f"suite {path}: part {part}", flush=True)
+            logger.info(f"suite {path}: part {part}")
             run_study(base / part, plan_only, part_dir(s, part))
         return out
     study, base = load_study(path)
@@ -116,30 +123,32 @@ def run_study(path: str | Path, plan_only: bool = False, output_dir: str | Path 
     study = study.model_copy(update={"output_dir": str(study_dir)})
     study_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(study_dir / "study.yaml", Path(path).read_text())
-    ids = _train_ids(study, base)
+    cfg = base_config(study, base)
+    ids = _train_ids(cfg)
     write_subsets(study, study_dir, ids)
-    runs = plan_runs(study, base, study_dir, len(ids))
+    runs, configs = plan_runs(study, base, study_dir, len(ids))
+    for r in runs:  # what each run trains with, resolved: read by subprocess runs and the report
+        atomic_write_text(study_dir / "configs" / f"{r.name}.yaml", dump_config(configs[r.name]))
     atomic_write_text(study_dir / "plan.json", json.dumps({"study": study.model_dump(mode="json"),
                                                             "detector": str((base / study.detector).resolve()),
                                                             "train_size": len(ids),
                                                             "runs": [asdict(r) for r in runs]}, indent=1))
     if plan_only:
         return study_dir
-    run_pretrain_stage(study, base, study_dir)
+    run_pretrain_stage(study, cfg, study_dir)
 
     def run_chain(chain: list[PlannedRun]) -> list[str]:
-        return [execute(r, study, base, study_dir) for r in chain]
+        return [execute(r, configs[r.name], study, study_dir) for r in chain]
 
     # longest chains first, so that parallel workers finish together
     order = sorted(chains(runs), key=lambda c: -sum(r.total_iters - r.branch_iter for r in c))
-
     if study.parallel == 1:
         for chain in order:
             for m in run_chain(chain):
-                print(m, flush=True)
+                logger.info(m)
     else:
         with ThreadPoolExecutor(max_workers=study.parallel) as pool:
             for msgs in pool.map(run_chain, order):
                 for m in msgs:
-                    print(m, flush=True)
+                    logger.info(m)
     return study_dir

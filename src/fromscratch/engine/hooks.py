@@ -1,0 +1,197 @@
+"""Hooks of the training loop (detectron2's ``HookBase``): what happens around ``Trainer.train_step``.
+
+Each hook gets ``self.trainer`` when registered and may act at ``before_train``, ``before_step``,
+``after_forward`` (return False to skip this step's update), ``after_step`` and ``after_train``
+(always called, also when the loop stops on an exception). ``default_hooks`` gives the order that
+``fromscratch train`` runs them in: evaluate, write metrics, keep the best model, checkpoint, then
+honour a stop signal, so a checkpoint never precedes the metrics lines it covers.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import threading
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from fromscratch import comm
+from fromscratch.config import Config
+from fromscratch.engine import checkpoint as ckpt
+from fromscratch.engine.logging import MetricLogger
+from fromscratch.errors import FromScratchError, Stopped
+from fromscratch.evaluation.predict import evaluate_dataset, predict
+from fromscratch.evaluation.tta import tta_spec
+from fromscratch.utils import atomic_write_text
+
+if TYPE_CHECKING:
+    from fromscratch.engine.trainer import Trainer
+
+logger = logging.getLogger(__name__)
+
+DIVERGENCE_HINTS = ("no normalization (norm=none) from scratch, or BN with small per-process batches "
+                    "(use GN or SyncBN: Detectron #665, #53); an LR too high for the batch, or no warm-up "
+                    "(train.warmup_iters); try train.clip_grad_norm")
+
+
+class HookBase:
+    trainer: Trainer
+
+    def before_train(self) -> None:
+        pass
+
+    def before_step(self) -> None:
+        pass
+
+    def after_forward(self, iteration: int, values: dict[str, float], targets: list[dict]) -> bool:
+        """Called with the (process-averaged) losses before the backward pass; False skips the update."""
+        return True
+
+    def after_step(self) -> None:
+        pass
+
+    def after_train(self) -> None:
+        pass
+
+
+class EvalHook(HookBase):
+    """COCO AP (or VOC mAP) on ``data.val`` every ``period`` iterations and at the end; detections are
+    kept in ``eval/detections_XXXXXXX.json``, the final numbers in ``eval/metrics.json``."""
+
+    def __init__(self, period: int) -> None:
+        self.period = period
+
+    def evaluate(self, iteration: int) -> dict[str, Any]:
+        """Predict on the validation set (sharded over processes) and score it on rank 0."""
+        tr = self.trainer
+        assert tr.val_ds is not None
+        cfg = tr.cfg
+        results = predict(tr.model, tr.val_ds, tr.device, cfg.data.num_workers, cfg.eval.max_images, tta_spec(cfg))
+        if not comm.is_main():
+            return {}
+        n = cfg.eval.max_images
+        ds = tr.val_ds.subset([r.image_id for r in tr.val_ds.records[:n]]) if n else tr.val_ds
+        metrics = evaluate_dataset(ds, results, cfg.model.meta_arch, cfg.eval.backend)
+        atomic_write_text(tr.out / "eval" / f"detections_{iteration:07d}.json", json.dumps(results))
+        return metrics
+
+    def after_step(self) -> None:
+        tr = self.trainer
+        if tr.val_ds is not None and ((self.period and tr.done % self.period == 0) or tr.is_last):
+            tr.metrics = self.evaluate(tr.done)
+            tr.metrics_iteration = tr.done
+
+    def after_train(self) -> None:
+        tr = self.trainer
+        if comm.is_main() and tr.metrics and tr.is_last:
+            atomic_write_text(tr.out / "eval" / "metrics.json", json.dumps(tr.metrics, indent=1))
+
+
+class MetricsWriter(HookBase):
+    """metrics.jsonl, TensorBoard and the progress bar (engine/logging.py), on rank 0."""
+
+    def before_train(self) -> None:
+        tr = self.trainer
+        self.log = MetricLogger(tr.out, tr.plan.total_iters, tr.start_iter, comm.is_main(), tr.cfg.train.log_period)
+
+    def after_step(self) -> None:
+        tr = self.trainer
+        self.log.step(tr.done, tr.values, tr.plan.lr_at(tr.iter), tr.step_time, tr.data_time, tr.batch_images,
+                      vars(tr.samples))
+        if tr.metrics_iteration == tr.done:
+            self.log.eval(tr.done, tr.metrics, vars(tr.samples))
+
+    def after_train(self) -> None:
+        self.log.close()
+
+
+class BestCheckpointer(HookBase):
+    """``model_best.pth``: the weights with the best validation AP (first IoU type) so far."""
+
+    def before_train(self) -> None:
+        path = self.trainer.out / "model_best.pth"
+        self.best = float(ckpt.load_checkpoint(path).get("AP", -1.0)) if self.trainer.resume and path.exists() else -1.0
+
+    def after_step(self) -> None:
+        tr = self.trainer
+        if tr.metrics_iteration != tr.done or not tr.metrics:
+            return
+        ap = next(iter(tr.metrics.values()))["AP"]
+        if ap > self.best and comm.is_main():
+            ckpt.save_checkpoint(tr.out / "model_best.pth", {"model": tr.model.state_dict(), "iteration": tr.done,
+                                                            "AP": ap})
+        self.best = max(ap, self.best)
+
+
+class PeriodicCheckpointer(HookBase):
+    """A checkpoint every ``train.checkpoint_period`` iterations, at each of ``train.checkpoint_at`` (a
+    study's branch points) and at the end; the newest ``keep_checkpoints`` are kept."""
+
+    def after_step(self) -> None:
+        tr = self.trainer
+        t = tr.cfg.train
+        if (t.checkpoint_period and tr.done % t.checkpoint_period == 0) or tr.done in t.checkpoint_at or tr.is_last:
+            tr.save(tr.done)
+
+
+class StopOnSignal(HookBase):
+    """SIGTERM / SIGINT (a scheduler's preemption, Ctrl-C) set a flag; at the end of the iteration the
+    run checkpoints and stops (exit 130 from the CLI) with the command that resumes it. Across
+    processes the flag is all-reduced, so every rank stops at the same iteration."""
+
+    def before_train(self) -> None:
+        self.flag = False
+        self.previous: dict = {}
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.flag = True
+
+    def requested(self) -> bool:
+        if not comm.is_dist():
+            return self.flag
+        f = torch.tensor([float(self.flag)])
+        torch.distributed.all_reduce(f)
+        return bool(f.item())
+
+    def after_step(self) -> None:
+        tr = self.trainer
+        if tr.is_last or not self.requested():
+            return
+        path = ckpt.checkpoint_path(tr.out, tr.done)
+        if not path.exists():
+            path = tr.save(tr.done)
+        raise Stopped(f"stopped by signal at iteration {tr.done}; checkpoint {path}. Resume with: "
+                      f"fromscratch train <config> [overrides] --resume  (output_dir={tr.out})")
+
+    def after_train(self) -> None:
+        for s, h in self.previous.items():
+            signal.signal(s, h)
+
+
+class DivergenceGuard(HookBase):
+    """A non-finite loss: skip the update (``train.skip_nonfinite_steps``), or save the state before
+    this step and stop with the iteration, each loss, the LR, the images and the known causes."""
+
+    def after_forward(self, iteration: int, values: dict[str, float], targets: list[dict]) -> bool:
+        if math.isfinite(sum(values.values())):
+            return True
+        tr = self.trainer
+        if tr.cfg.train.skip_nonfinite_steps:
+            logger.warning(f"iteration {iteration + 1}: non-finite loss, step skipped (train.skip_nonfinite_steps)")
+            return False
+        path = tr.save(iteration)  # the state before this step: the last good one
+        detail = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
+        raise FromScratchError(
+            f"non-finite loss at iteration {iteration + 1}: {detail}; lr={tr.plan.lr_at(iteration):.4g}; images "
+            f"{[t['image_id'] for t in targets]}. Last good state saved to {path}. Known causes: {DIVERGENCE_HINTS}")
+
+
+def default_hooks(cfg: Config) -> list[HookBase]:
+    """The hooks of ``fromscratch train``, in the order they run after each step."""
+    return [DivergenceGuard(), EvalHook(cfg.train.eval_period), MetricsWriter(), BestCheckpointer(),
+            PeriodicCheckpointer(), StopOnSignal()]
+
