@@ -9,7 +9,7 @@ STAMP := $(VENV)/.fromscratch-installed
 DATA ?= data
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast data install fashion-mnist-source bench clean-data
+.PHONY: demo test test-fast lint data install fashion-mnist-source bench clean-data
 
 install: $(STAMP)
 
@@ -37,10 +37,14 @@ $(DATA)/fashion-scenes/train.json: | $(DATA)/trees/train.json $(DATA)/fashion-mn
 
 data: $(DATA)/trees/train.json $(DATA)/fashion-mnist/train.npz $(DATA)/fashion-scenes/train.json
 
-test: data
+# ruff (settings in pyproject.toml) first: a lint finding fails `make test` in seconds
+lint: install
+	$(VENV)/bin/ruff check .
+
+test: lint data
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-test-fast: data
+test-fast: lint data
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 demo: data

@@ -37,7 +37,8 @@ def test_paper_config_trains_two_iterations(tmp_path, path):
             "data.num_workers=0", "train.batch_size=2", "train.iterations=2", "train.steps=[1]",
             "train.warmup_iters=0", "train.threads=2", "model.num_keypoints=3", f"output_dir={tmp_path / 'run'}",
             # the same architecture with fewer proposals and sampled RoIs: this checks that it builds and trains
-            "model.rpn.pre_nms_top_n_train=200", "model.rpn.post_nms_top_n_train=50", "model.roi.batch_size_per_image=32"]
+            "model.rpn.pre_nms_top_n_train=200", "model.rpn.post_nms_top_n_train=50",
+            "model.roi.batch_size_per_image=32"]
     cfg = load_config(path, over)
     if cfg.model.backbone.weights:
         cfg = load_config(path, over + [f"model.backbone.weights={_weights_for(cfg, tmp_path)}"])

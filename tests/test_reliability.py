@@ -41,7 +41,8 @@ def base(tmp_path_factory):
     return root, json.loads(path.read_text())
 
 
-@settings(max_examples=int(os.environ.get("FROMSCRATCH_FUZZ", 150)), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=int(os.environ.get("FROMSCRATCH_FUZZ", 150)), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_mutated_coco_gives_dataset_or_our_error(base, data):
     root, original = base
@@ -131,7 +132,8 @@ def test_code_carrying_pickle_is_refused(tmp_path):
 
 DIVERGE = ["model.backbone.name=resnet18", "model.backbone.norm=none", "model.fpn.norm=none", "model.roi.norm=none",
            "train.base_lr=1e7", "train.warmup_iters=0", "train.iterations=6", "train.steps=[5]",
-           "data.train_scales=[64]", "data.test_scale=64", "data.max_size=96", "data.num_workers=0", "train.log_period=1"]
+           "data.train_scales=[64]", "data.test_scale=64", "data.max_size=96", "data.num_workers=0",
+           "train.log_period=1"]
 
 
 @pytest.mark.slow

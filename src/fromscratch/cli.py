@@ -6,6 +6,7 @@ exception is a bug in fromscratch and keeps its traceback with a line asking to 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -22,10 +23,20 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="fromscratch", description="Train detectors from scratch vs pre-trained "
                                  "(He, Girshick, Dollar 2018) on your own data.")
     sub = ap.add_subparsers(dest="cmd", required=True)
-
     cfg = sub.add_parser("config", help="config files").add_subparsers(dest="sub", required=True)
     _add_config_args(cfg.add_parser("show", help="print the resolved config"))
+    _add_data_parsers(sub)
+    _add_run_parsers(sub)
+    _add_study_parsers(sub)
+    val = sub.add_parser("validate", help="check a dataset and list every problem (exit 1 if any)")
+    val.add_argument("dataset", help="COCO json, VOC folder or VOC ImageSets .txt")
+    val.add_argument("--image-root", help="folder the file names are relative to (default: the json's folder)")
+    val.add_argument("--no-images", action="store_true", help="skip opening the image files")
+    val.add_argument("--allow-outside-root", action="store_true")
+    return ap
 
+
+def _add_data_parsers(sub: argparse._SubParsersAction) -> None:
     data = sub.add_parser("data", help="datasets").add_subparsers(dest="sub", required=True)
     prep = data.add_parser("prepare", help="prepare an embedded dataset under data/")
     prep.add_argument("name", choices=EMBEDDED)
@@ -47,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub_p.add_argument("--seed", type=int, default=0)
     sub_p.add_argument("--out", help="output file (default: <dataset dir>/subsets/<name>_<size>_seed<seed>.json)")
 
+
+def _add_run_parsers(sub: argparse._SubParsersAction) -> None:
     model = sub.add_parser("model", help="models").add_subparsers(dest="sub", required=True)
     show = model.add_parser("show", help="parameters, norm layers by kind, frozen parameters, FLOPs")
     _add_config_args(show)
@@ -75,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(sc)
     sc.add_argument("--dataset-size", type=int, help="training images (default: count data.train)")
 
+
+def _add_study_parsers(sub: argparse._SubParsersAction) -> None:
     pt = sub.add_parser("pretrain", help="classification pre-training of the trunk (the 'ImageNet' stage)")
     _add_config_args(pt)
     st = sub.add_parser("study", help="plan and run a study (arms x schedules x data sizes x seeds), then report")
@@ -85,13 +100,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("demo", help="the main job: configs/demo.yaml (what `make demo` runs)")
     cf = sub.add_parser("configs", help="list configs/paper/ with the number the paper reports for each")
     cf.add_argument("--dir", default="configs/paper")
-
-    val = sub.add_parser("validate", help="check a dataset and list every problem (exit 1 if any)")
-    val.add_argument("dataset", help="COCO json, VOC folder or VOC ImageSets .txt")
-    val.add_argument("--image-root", help="folder the file names are relative to (default: the json's folder)")
-    val.add_argument("--no-images", action="store_true", help="skip opening the image files")
-    val.add_argument("--allow-outside-root", action="store_true")
-    return ap
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -194,6 +202,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         return launch_local(args)
     result = train(load_config(args.config, args.overrides), resume=args.resume)
+    from fromscratch.log import process_rank
+
+    if process_rank() != 0:  # under torchrun: rank 0 reports
+        return 0
     print(f"\ntrained {result['iterations']} iterations; run folder: {result['output_dir']}")
     s = result["samples"]
     print(f"samples seen: {s['images']:,} images, {s['instances']:,} instances, {s['pixels']:.3g} pixels")
@@ -204,7 +216,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from fromscratch.config import load_config
-    from fromscratch.engine.evaluate import evaluate_checkpoint
+    from fromscratch.engine.inference import evaluate_checkpoint
 
     out, table = evaluate_checkpoint(load_config(args.config, args.overrides), args.weights, args.out)
     print(table)
@@ -214,7 +226,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from fromscratch.config import load_config
-    from fromscratch.evaluation.show import predict_images
+    from fromscratch.engine.inference import predict_images
 
     r = predict_images(load_config(args.config, args.overrides), args.weights, args.images, args.out,
                        args.score_thresh)
@@ -225,11 +237,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_schedule(args: argparse.Namespace) -> int:
     from fromscratch.config import load_config
+    from fromscratch.data.build import train_stats
     from fromscratch.engine.schedule import describe, make_plan
-    from fromscratch.engine.evaluate import dataset_stats
 
     cfg = load_config(args.config, args.overrides)
-    n, pixels, inst = (args.dataset_size, None, None) if args.dataset_size else dataset_stats(cfg)
+    n, pixels, inst = (args.dataset_size, None, None) if args.dataset_size else train_stats(cfg.data)
     print(describe(make_plan(cfg.train, n), pixels, inst))
     return 0
 
@@ -290,14 +302,40 @@ def cmd_configs(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"configs": cmd_configs, "predict": cmd_predict, "config": cmd_config, "pretrain": cmd_pretrain, "study": cmd_study, "report": cmd_report,
+COMMANDS = {"configs": cmd_configs, "predict": cmd_predict, "config": cmd_config, "pretrain": cmd_pretrain,
+            "study": cmd_study, "report": cmd_report,
             "demo": cmd_demo, "model": cmd_model, "train": cmd_train, "eval": cmd_eval,
             "schedule": cmd_schedule, "data": cmd_data, "validate": cmd_validate}
 
 
+OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*=")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse, accepting dotted overrides anywhere after the config path (``eval CFG --weights W
+    output_dir=X``), as detectron2's ``opts`` and mmdetection's ``--cfg-options`` users expect."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if hasattr(args, "overrides"):
+        if args.cmd == "predict":  # `images` is greedy: an override among them is moved over
+            moved = [a for a in args.images if OVERRIDE.match(a) and not Path(a).exists()]
+            args.images = [a for a in args.images if a not in moved]
+            if not args.images:
+                parser.error("predict: no image files or folders given")
+            args.overrides = list(args.overrides) + moved
+        args.overrides = list(args.overrides) + [a for a in extra if OVERRIDE.match(a)]
+        extra = [a for a in extra if not OVERRIDE.match(a)]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     from fromscratch.errors import FromScratchError, Stopped
+    from fromscratch.log import setup_logging
+
+    setup_logging()
 
     try:
         return COMMANDS[args.cmd](args)

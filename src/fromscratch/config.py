@@ -43,7 +43,8 @@ class DataConfig(_Strict):
 
 
 class BackboneConfig(_Strict):
-    name: str = "resnet50"  # resnet18..152, resnext50_32x4d, resnext101_32x8d, resnext152_32x8d, timm:<name>, imagenet:efficientnet_lite0
+    # resnet18..152, resnext50_32x4d, resnext101_32x8d, resnext152_32x8d, timm:<name>, imagenet:efficientnet_lite0
+    name: str = "resnet50"
     norm: NormName = "GN"
     gn_groups: int = 32
     weights: str | None = None  # local file: None means init="scratch"
@@ -97,7 +98,7 @@ class ModelConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    """SGD and the paper's schedule rule (shared/PAPER.md, Section 4)."""
+    """SGD and the paper's schedule rule (docs/paper.md, Schedules)."""
 
     batch_size: int = 16
     base_lr: float = 0.02  # at 16 images a batch; scaled linearly with batch_size
@@ -252,9 +253,54 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
 def config_from_dict(tree: dict, origin: dict[str, str] | None = None, default_source: str = "config") -> Config:
     origin = origin or {}
     try:
-        return Config.model_validate(tree)
+        cfg = Config.model_validate(tree)
     except ValidationError as e:
         raise ConfigError(_explain(e, origin, default_source)) from None
+    problems = cross_check(cfg)
+    if problems:
+        lines = [f"{origin.get(key, default_source)}: key '{key}' = {_get(cfg, key)!r}: {msg}" for key, msg in problems]
+        raise ConfigError("invalid config:\n  " + "\n  ".join(lines))
+    return cfg
+
+
+def _get(cfg: Config, dotted: str) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def cross_check(cfg: Config) -> list[tuple[str, str]]:
+    """(key, problem) for settings that are each valid but do not fit together: found at load time,
+    not in a loader worker or at the model build hours later."""
+    d, t, m = cfg.data, cfg.train, cfg.model
+    out: list[tuple[str, str]] = []
+    if d.scale_sampling == "range" and len(d.train_scales) != 2:
+        out.append(("data.train_scales", f"data.scale_sampling='range' samples a short side uniformly in "
+                                         f"[min, max], so it needs exactly 2 values, got {len(d.train_scales)}"))
+    if not d.train_scales or min(d.train_scales) <= 0:
+        out.append(("data.train_scales", "needs at least one short side, each > 0"))
+    for key, value in (("train.batch_size", t.batch_size), ("data.test_scale", d.test_scale),
+                       ("data.max_size", d.max_size), ("train.log_period", t.log_period)):
+        if value <= 0:
+            out.append((key, "must be > 0"))
+    if t.steps is not None and (sorted(t.steps) != t.steps or (t.iterations is not None and t.steps and
+                                                                t.steps[-1] >= t.iterations)):
+        out.append(("train.steps", f"LR drops must be increasing and before train.iterations={t.iterations}"))
+    if t.amp == "fp16" and t.device == "cpu":
+        out.append(("train.amp", "fp16 needs CUDA (GradScaler); use train.amp=bf16 on CPU"))
+    cascade = m.meta_arch.startswith("cascade")
+    if cascade and len(m.roi.cascade_stage_weights) != len(m.roi.cascade_ious):
+        out.append(("model.roi.cascade_stage_weights", f"{len(m.roi.cascade_stage_weights)} values for "
+                                                       f"{len(m.roi.cascade_ious)} stages (model.roi.cascade_ious)"))
+    if m.cascade_from_iter is not None and not cascade:
+        out.append(("model.cascade_from_iter", f"only for a cascade meta_arch, not {m.meta_arch!r}"))
+    if m.backbone.name != "vgg16" and len(m.rpn.anchor_sizes) != 5:
+        out.append(("model.rpn.anchor_sizes",
+                    f"one size per FPN level P2-P6 (5 values), got {len(m.rpn.anchor_sizes)}"))
+    if cfg.eval.max_images is not None and cfg.eval.max_images <= 0:
+        out.append(("eval.max_images", "must be > 0 (or null for all images)"))
+    return out
 
 
 def _explain(err: ValidationError, origin: dict[str, str], default_source: str) -> str:

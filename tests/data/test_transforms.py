@@ -1,7 +1,14 @@
 import numpy as np
 
-from fromscratch.data.transforms import (Sample, TrainTransform, hflip, keypoint_flip_map, resize, resized_shape,
-                                         sample_short_side)
+from fromscratch.data.transforms import (
+    Sample,
+    TrainTransform,
+    hflip,
+    keypoint_flip_map,
+    resize,
+    resized_shape,
+    sample_short_side,
+)
 
 
 def _sample():
