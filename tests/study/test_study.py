@@ -206,3 +206,26 @@ def test_suite_names_a_missing_part(tmp_path):
     suite.write_text(yaml.safe_dump({"parts": ["nope.yaml"]}))
     with pytest.raises(ConfigError, match=r"suite.yaml: key 'parts': no such study file.*nope.yaml"):
         run_study(suite)
+
+
+def test_one_count_of_training_images_with_skipped_invalid_ones(tmp_path):
+    """With data.on_invalid=skip, the study plans for the images a run trains on, and `schedule` counts
+    the same: all three go through data/build.py (an unreadable image is dropped by all)."""
+    import warnings
+
+    from fromscratch.config import load_config
+    from fromscratch.data.build import build_datasets, train_image_ids, train_stats
+
+    path = _study(tmp_path, data_sizes=["all"])
+    (tmp_path / "data" / "images" / "img1.png").write_bytes(b"not a png")  # image id 2
+    raw = yaml.safe_load(path.read_text())
+    raw["overrides"]["data.on_invalid"] = "skip"
+    path.write_text(yaml.safe_dump(raw))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sd = run_study(path, plan_only=True)
+        cfg = load_config(sd / "configs" / "scratch_all_1x_s0.yaml")
+        train, _ = build_datasets(cfg.data)
+        assert train_image_ids(cfg.data) == [r.image_id for r in train.records] == [1, 3, 4]
+        assert train_stats(cfg.data)[0] == 3
+    assert json.loads((sd / "plan.json").read_text())["train_size"] == 3

@@ -47,9 +47,9 @@ def build_datasets(d: DataConfig) -> tuple[Dataset, Dataset | None]:
 
 
 def train_image_ids(d: DataConfig) -> list[int]:
-    """The ids of the training images a run on the whole of ``data.train`` would use (after
-    ``on_invalid``; no subset): what a study draws its subsets from and counts."""
-    ds = build_dataset(d, "train", check_images=False, subset=False)
+    """The ids of the training images a run on the whole of ``data.train`` would use (the same checks,
+    so ``on_invalid=skip`` drops the same images; no subset): what a study draws its subsets from."""
+    ds = build_dataset(d, "train", subset=False)
     return [r.image_id for r in ds.records]
 
 
@@ -68,8 +68,8 @@ def build_train_loader(cfg: Config, ds: Dataset, start_iter: int, max_iter: int,
 
 def train_stats(d: DataConfig) -> tuple[int, float, float]:
     """(training images, mean pixels of a resized image, instances per image) for ``fromscratch
-    schedule``: the training set as a run would load it, images not opened."""
-    ds = build_dataset(d, "train", check_images=False)
+    schedule``: the training set as a run would load it."""
+    ds = build_dataset(d, "train")
     short = int(np.mean(d.train_scales))
     px = [np.prod(resized_shape(r.height, r.width, short, d.max_size)[:2]) for r in ds.records]
     return len(ds.records), float(np.mean(px)) if px else 0.0, ds.num_instances() / max(1, len(ds.records))
