@@ -95,6 +95,12 @@ def _add_study_parsers(sub: argparse._SubParsersAction) -> None:
     st = sub.add_parser("study", help="plan and run a study (arms x schedules x data sizes x seeds), then report")
     st.add_argument("study", help="study YAML (see configs/demo.yaml)")
     st.add_argument("--plan-only", action="store_true", help="write plan.json and subsets, train nothing")
+    fo = sub.add_parser("forecast", help="final AP forecast at longer schedules from a study's finished ones")
+    fo.add_argument("study_dirs", nargs="+", help="study folder(s) (run folders, cells.json or report.md)")
+    fo.add_argument("--holdout", action="store_true",
+                    help="forecast each chain's longest schedule from the shorter ones: error and coverage")
+    fo.add_argument("--seed-std", type=float, default=1.0, help="assumed seed spread (AP) when one seed")
+    fo.add_argument("--out", help="also write the table to this Markdown file")
     rp = sub.add_parser("report", help="rebuild report.md and plots from a study folder (no training)")
     rp.add_argument("study_dir")
     sub.add_parser("demo", help="the main job: configs/demo.yaml (what `make demo` runs)")
@@ -283,6 +289,21 @@ def cmd_report(args: argparse.Namespace) -> int:
     return _print_report(*write_report(args.study_dir))
 
 
+def cmd_forecast(args: argparse.Namespace) -> int:
+    from fromscratch.study.forecast import forecast_table, holdout_table
+    from fromscratch.utils import atomic_write_text
+
+    dirs = [Path(d) for d in args.study_dirs]
+    if args.holdout:
+        text = holdout_table(dirs, args.seed_std)
+    else:
+        text = "\n".join(f"## {d}\n\n{forecast_table(d, args.seed_std)}" for d in dirs)
+    print(text, end="")
+    if args.out:
+        atomic_write_text(Path(args.out), text)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     print("fromscratch demo: pre-train on fashion-mnist, then scratch vs pre-trained Mask R-CNN on fashion-scenes "
           "(configs/demo.yaml)", flush=True)
@@ -303,7 +324,7 @@ def cmd_configs(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"configs": cmd_configs, "predict": cmd_predict, "config": cmd_config, "pretrain": cmd_pretrain,
-            "study": cmd_study, "report": cmd_report,
+            "study": cmd_study, "report": cmd_report, "forecast": cmd_forecast,
             "demo": cmd_demo, "model": cmd_model, "train": cmd_train, "eval": cmd_eval,
             "schedule": cmd_schedule, "data": cmd_data, "validate": cmd_validate}
 

@@ -105,13 +105,11 @@ def _fake_run(sd: Path, name: str, total: int, aps: list[float], images: int) ->
     return {"name": name, "total_iters": total}
 
 
-def test_verdict_on_synthetic_metrics(tmp_path):
-    """At 'all' scratch catches up at 2x; at 100 images pre-training wins (the breakdown regime)."""
-    sd = tmp_path
-    (sd / "pretrain").mkdir()
+def _synthetic_study(sd: Path, seed_std: float) -> None:
+    (sd / "pretrain").mkdir(parents=True)
     (sd / "pretrain" / "accounting.json").write_text(json.dumps(
         {"images": 5000, "instances": 5000, "pixels": 5e6, "estimate": False, "source": "fashion-mnist"}))
-    finals = {("scratch", "all", "1x"): [10, 20], ("scratch", "all", "2x"): [20, 30.5],
+    finals = {("scratch", "all", "1x"): [10, 20], ("scratch", "all", "2x"): [20, 31.0],
               ("pretrained", "all", "1x"): [25, 31], ("pretrained", "all", "2x"): [28, 31.2],
               ("scratch", "100", "1x"): [2, 5], ("scratch", "100", "2x"): [4, 8],
               ("pretrained", "100", "1x"): [10, 15], ("pretrained", "100", "2x"): [12, 16],
@@ -124,20 +122,42 @@ def test_verdict_on_synthetic_metrics(tmp_path):
         runs.append({**r, "arm": arm, "size": size if size == "all" else int(size), "schedule": sched, "seed": 0,
                      "overrides": [], "first_drop": total // 3, "branch_from": None, "branch_iter": 0})
     plan = {"study": {"arms": [{"name": "scratch", "weights": None}, {"name": "pretrained", "weights": "stage"}],
-                      "schedules": ["1x", "2x"], "data_sizes": ["all", 100, 10], "seeds": [0], "tolerance": 1.0,
-                      "description": "synthetic"}, "detector": "x", "train_size": 1000, "runs": runs}
+                      "schedules": ["1x", "2x"], "data_sizes": ["all", 100, 10], "seeds": [0], "margin": 1.0,
+                      "seed_std": seed_std, "description": "synthetic"},
+            "detector": "x", "train_size": 1000, "runs": runs}
     (sd / "plan.json").write_text(json.dumps(plan))
+
+
+def test_verdict_on_synthetic_metrics(tmp_path):
+    """At 'all' scratch comes within ±1 AP at 2x; at 100 images pre-training is ahead (the breakdown
+    regime); at 10 images too little was learned. One seed, a small assumed seed spread (0.3 AP)."""
+    sd = tmp_path
+    _synthetic_study(sd, seed_std=0.3)
     path, texts = write_report(sd)
     v = {x["size"]: x for x in json.loads((sd / "verdict.json").read_text())}
-    assert v["all"]["matches"] and v["all"]["catch_schedule"] == "2x"
+    assert v["all"]["decision"] == "within" and v["all"]["catch_schedule"] == "2x"
+    assert v["all"]["gaps"]["bbox.AP"]["gap"] == pytest.approx(0.2)  # 31.2 vs 31.0
+    lo, hi = v["all"]["gaps"]["bbox.AP"]["lo"], v["all"]["gaps"]["bbox.AP"]["hi"]
+    assert -1 < lo < 0.2 < hi < 1 and not v["all"]["gaps"]["bbox.AP"]["seeds_measured"]
     assert v["all"]["scratch_images"] == 400 and v["all"]["pretrained_images"] == 400 + 5000
-    assert v["all"]["early_gap"] == pytest.approx(11.0)  # 1x finals: 31 vs 20
-    assert not v["100"]["matches"] and v["100"]["gap"] == pytest.approx(8.0)
-    assert v["100"]["early_gap"] == pytest.approx(10.0) and "pre-training is ahead by 10.0 AP" in texts[1]
-    assert v["10"]["undecided"] and "too little learning to tell" in texts[2]  # both below 2 x tolerance
-    assert "matches pre-training" in texts[0] and "pre-training wins by 8.0 AP" in texts[1]
-    assert "arms are level" not in texts[0] and "pre-training is ahead by 11.0 AP" in texts[0]
-    assert "| all | scratch | 20.0 | 30.5 |" in path.read_text()
+    assert v["all"]["same_schedule"]["1x"]["gap"] == pytest.approx(11.0)  # 1x finals: 31 vs 20
+    assert v["100"]["decision"] == "pretrained ahead" and v["100"]["gaps"]["bbox.AP"]["gap"] == pytest.approx(8.0)
+    assert v["10"]["decision"] == "too little learning" and "too little learning to tell" in texts[2]
+    assert "scratch is within ±1 AP of pre-training" in texts[0] and "from the 2x schedule on" in texts[0]
+    assert "pre-training is ahead by more than 1 AP" in texts[1] and "90% interval" in texts[1]
+    assert "box AP50" in texts[1] and "box AP75" in texts[1]  # every metric with its interval
+    assert "One seed" in texts[0] and "seed_std" in texts[0]
+    report = path.read_text()
+    assert "| all | scratch | 20.0 | 31.0 |" in report and "## Gaps with intervals" in report
+    assert v["all"]["forecast"]["scratch"] and (sd / "forecast.png").stat().st_size > 1000
+
+
+def test_one_seed_with_the_default_spread_is_undecided_and_says_what_decides(tmp_path):
+    _synthetic_study(tmp_path, seed_std=1.0)
+    write_report(tmp_path)
+    v = {x["size"]: x for x in json.loads((tmp_path / "verdict.json").read_text())}
+    assert v["all"]["decision"] == "undecided" and "seeds per arm" in v["all"]["to_decide"]
+    assert v["100"]["decision"] == "pretrained ahead"  # 8 AP is beyond any reasonable seed noise
 
 
 @pytest.mark.slow

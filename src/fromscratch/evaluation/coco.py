@@ -59,6 +59,14 @@ def per_category_ap(precision: np.ndarray, cat_ids: list[int]) -> dict[int, floa
     return out
 
 
+def coco_eval_params(ev: Any, gt: dict, iou_type: str) -> None:
+    """Our settings on a COCOeval of either backend: keypoint sigmas for other than COCO's 17 points."""
+    if iou_type == "keypoints":
+        num = max((len(c.get("keypoints") or []) for c in gt["categories"]), default=17)
+        if num != 17:  # COCO's sigmas are for its 17 person keypoints; others use a uniform 0.05
+            ev.params.kpt_oks_sigmas = np.full(num, 0.05)
+
+
 def evaluate(gt: dict, results: list[dict], iou_type: str, backend: str = "faster_coco_eval") -> dict[str, Any]:
     """COCO evaluation of ``results`` against the ground-truth dict ``gt`` for one IoU type.
 
@@ -72,10 +80,7 @@ def evaluate(gt: dict, results: list[dict], iou_type: str, backend: str = "faste
     with contextlib.redirect_stdout(io.StringIO()):
         dt_coco = gt_coco.loadRes(_records(results))
         ev = eval_cls(gt_coco, dt_coco, iou_type)
-        if iou_type == "keypoints":
-            num = max((len(c.get("keypoints") or []) for c in gt["categories"]), default=17)
-            if num != 17:  # COCO's sigmas are for its 17 person keypoints; others use a uniform 0.05
-                ev.params.kpt_oks_sigmas = np.full(num, 0.05)
+        coco_eval_params(ev, gt, iou_type)
         ev.evaluate()
         ev.accumulate()
         ev.summarize()

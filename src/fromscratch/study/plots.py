@@ -108,7 +108,7 @@ def _detections(folder: Path, iteration: int) -> list[dict]:
     return json.loads(path.read_text()) if path.exists() else []
 
 
-def _study_config(plan: dict, out: Path) -> Any:
+def study_config(plan: dict, out: Path) -> Any:
     """A resolved run config of the study (configs/<run>.yaml; older study folders: the detector file and
     the study's overrides), for its data.val; None, with a message, when neither can be read."""
     from fromscratch.config import load_config
@@ -135,7 +135,7 @@ def prediction_figure(plan: dict, results: list, out: Path, n_images: int = 3, s
     from fromscratch.visualize import draw, grid, save_png
 
     study = plan["study"]
-    cfg = _study_config(plan, out)
+    cfg = study_config(plan, out)
     if cfg is None or not cfg.data.val:
         return None
     val = build_dataset(cfg.data, "val", check_images=False)
@@ -164,3 +164,33 @@ def prediction_figure(plan: dict, results: list, out: Path, n_images: int = 3, s
         return None
     save_png(grid(tiles, cols=len(records), tile=224, titles=titles), out / "predictions.png")
     return "predictions.png"
+
+
+def forecast_figure(vs: list[dict], cells: dict, out: Path) -> bool:
+    """Final box AP against schedule length per data size: measured seed means (points), forecasts
+    (dashed, with their intervals shaded), and the pre-trained arm's best minus the margin."""
+    drawn = [v for v in vs if v["forecast"].get("scratch")]
+    if not drawn:
+        return False
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(drawn), figsize=(5 * len(drawn), 3.8), squeeze=False)
+    for ax, v in zip(axes[0], drawn):
+        for arm, key, color in ((v["arm"], "pretrained", "tab:blue"), (v["scratch"], "scratch", "tab:red")):
+            f = v["forecast"][key]
+            if not f:
+                continue
+            xs = [x["schedule"] for x in f]
+            ax.plot(xs, [x["mean"] for x in f], "--", color=color, label=f"{arm} forecast")
+            ax.fill_between(xs, [x["lo"] for x in f], [x["hi"] for x in f], color=color, alpha=0.15)
+            pts = [(k[2], c) for k, c in cells.items() if k[0] == arm and k[1] == v["size"]]
+            ax.plot([parse_multiplier(s) for s, _ in pts], [c.mean() for _, c in pts], "o", color=color,
+                    label=f"{arm} measured")
+        ref = v["forecast"].get("reference")
+        if ref is not None:
+            ax.axhline(ref - v["margin"], color="gray", lw=0.8, ls=":", label="pre-trained best − δ")
+        ax.set(title=f"data: {v['size']}", xlabel="schedule (x)", ylabel="final bbox AP", xscale="log")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "forecast.png", dpi=90)
+    plt.close(fig)
+    return True
