@@ -122,6 +122,11 @@ class TrainConfig(_Strict):
     seed: int = 0
     threads: int | None = None
     skip_nonfinite_steps: bool = False
+    # early stopping on val AP (first IoU type): stop after this many evaluations without a gain of more
+    # than early_stop_min_delta, never before early_stop_grace x the run's iterations (0: off)
+    early_stop_patience: int = 0
+    early_stop_min_delta: float = 0.0
+    early_stop_grace: float = 0.5
     device: str = "auto"
 
 
@@ -287,6 +292,10 @@ def cross_check(cfg: Config) -> list[tuple[str, str]]:
     if t.steps is not None and (sorted(t.steps) != t.steps or (t.iterations is not None and t.steps and
                                                                 t.steps[-1] >= t.iterations)):
         out.append(("train.steps", f"LR drops must be increasing and before train.iterations={t.iterations}"))
+    if t.early_stop_patience and (cfg.train.eval_period <= 0 or not d.val):
+        out.append(("train.early_stop_patience", "needs periodic evaluation (train.eval_period > 0 and data.val)"))
+    if not 0 <= t.early_stop_grace <= 1:
+        out.append(("train.early_stop_grace", "a fraction of the run's iterations, in [0, 1]"))
     if t.amp == "fp16" and t.device == "cpu":
         out.append(("train.amp", "fp16 needs CUDA (GradScaler); use train.amp=bf16 on CPU"))
     cascade = m.meta_arch.startswith("cascade")

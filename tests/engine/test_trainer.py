@@ -128,3 +128,22 @@ def test_keypoint_and_vgg_train_and_evaluate(tmp_path, extra, types):
     cfg = _cfg(tmp_path, "train.iterations=2", "train.steps=[1]", "train.warmup_iters=0",
                "model.roi.score_thresh=0.0", *extra)
     assert set(train(cfg)["metrics"]) == types
+
+
+@pytest.mark.slow
+def test_early_stopping_waits_for_its_grace_period(tmp_path):
+    """No learning (LR 0): AP never improves, so with patience 1 the run stops at the first evaluation
+    after the grace period (half of 10 iterations), says so in metrics.jsonl, and is complete."""
+    from fromscratch.study.runner import is_complete
+
+    cfg = _cfg(tmp_path, "train.iterations=10", "train.steps=[9]", "train.warmup_iters=0", "train.base_lr=0.0",
+               "train.eval_period=1", "train.early_stop_patience=1", "train.early_stop_grace=0.5")
+    result = train(cfg)
+    run = tmp_path / "run"
+    stop = _lines(run, "early_stop")
+    assert result["iterations"] == 5 and [s["iteration"] for s in stop] == [5] and stop[0]["best_iteration"] == 1
+    assert (run / "model_0000005.pth").exists()
+    assert json.loads((run / "early_stopped.json").read_text())["iteration"] == 5
+    assert [e["iteration"] for e in _lines(run, "eval")] == [1, 2, 3, 4, 5] and is_complete(run, 10)
+    with pytest.raises(ConfigError, match="train.early_stop_patience"):
+        _cfg(tmp_path / "b", "train.early_stop_patience=2")  # no periodic evaluation to watch

@@ -3,8 +3,8 @@
 Each hook gets ``self.trainer`` when registered and may act at ``before_train``, ``before_step``,
 ``after_forward`` (return False to skip this step's update), ``after_step`` and ``after_train``
 (always called, also when the loop stops on an exception). ``default_hooks`` gives the order that
-``fromscratch train`` runs them in: evaluate, write metrics, keep the best model, checkpoint, then
-honour a stop signal, so a checkpoint never precedes the metrics lines it covers.
+``fromscratch train`` runs them in: evaluate, decide an early stop, write metrics, keep the best model,
+checkpoint, then honour a stop signal, so a checkpoint never precedes the metrics lines it covers.
 """
 from __future__ import annotations
 
@@ -89,6 +89,38 @@ class EvalHook(HookBase):
             atomic_write_text(tr.out / "eval" / "metrics.json", json.dumps(tr.metrics, indent=1))
 
 
+class EarlyStopping(HookBase):
+    """Stop when val AP (first IoU type) has not improved by more than ``min_delta`` for ``patience``
+    evaluations, but never in the first ``grace`` fraction of the run: a scratch run starts slowly and
+    its early plateau is not its end. The stop is a line in metrics.jsonl (``"type": "early_stop"``), a
+    final checkpoint and ``early_stopped.json``, which a study reads as "this run is complete"."""
+
+    def __init__(self, patience: int, min_delta: float, grace: float) -> None:
+        self.patience, self.min_delta, self.grace = patience, min_delta, grace
+        self.best, self.best_iter, self.waited = -math.inf, 0, 0
+
+    def after_step(self) -> None:
+        tr = self.trainer
+        if tr.metrics_iteration != tr.done or not tr.metrics or tr.is_last:
+            return
+        ap = next(iter(tr.metrics.values()))["AP"]
+        if ap > self.best + self.min_delta:
+            self.best, self.best_iter, self.waited = ap, tr.done, 0
+            return
+        self.waited += 1
+        if self.waited >= self.patience and tr.done >= self.grace * tr.plan.total_iters:
+            tr.stop_reason = {"type": "early_stop", "iteration": tr.done, "best_AP": self.best,
+                              "best_iteration": self.best_iter, "patience": self.patience}
+            tr.events.append(tr.stop_reason)
+            logger.info(f"early stop at iteration {tr.done}: val AP {ap:.2f}, best {self.best:.2f} at iteration "
+                        f"{self.best_iter}, no gain over {self.min_delta} for {self.waited} evaluations")
+
+    def after_train(self) -> None:
+        tr = self.trainer
+        if tr.stop_reason and comm.is_main():
+            atomic_write_text(tr.out / "early_stopped.json", json.dumps(tr.stop_reason, indent=1))
+
+
 class MetricsWriter(HookBase):
     """metrics.jsonl, TensorBoard and the progress bar (engine/logging.py), on rank 0."""
 
@@ -102,6 +134,9 @@ class MetricsWriter(HookBase):
                       vars(tr.samples))
         if tr.metrics_iteration == tr.done:
             self.log.eval(tr.done, tr.metrics, vars(tr.samples))
+        for event in tr.events:
+            self.log.event(event)
+        tr.events.clear()
 
     def after_train(self) -> None:
         self.log.close()
@@ -192,6 +227,9 @@ class DivergenceGuard(HookBase):
 
 def default_hooks(cfg: Config) -> list[HookBase]:
     """The hooks of ``fromscratch train``, in the order they run after each step."""
-    return [DivergenceGuard(), EvalHook(cfg.train.eval_period), MetricsWriter(), BestCheckpointer(),
+    t = cfg.train
+    early = [EarlyStopping(t.early_stop_patience, t.early_stop_min_delta, t.early_stop_grace)] \
+        if t.early_stop_patience else []
+    return [DivergenceGuard(), EvalHook(t.eval_period), *early, MetricsWriter(), BestCheckpointer(),
             PeriodicCheckpointer(), StopOnSignal()]
 

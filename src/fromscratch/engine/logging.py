@@ -66,6 +66,12 @@ class MetricLogger:
                     self.tb.add_scalar(f"eval/{t}/{k}", m[k], iteration)
         self.bar.write(f"iteration {iteration}: " + ", ".join(f"{t} AP {m['AP']:.2f}" for t, m in metrics.items()))
 
+    def event(self, obj: dict[str, Any]) -> None:
+        """A line of its own in metrics.jsonl (e.g. an early stop), with its ``type``."""
+        if self.enabled:
+            self._write(obj)
+            self.bar.write(f"iteration {obj.get('iteration')}: {obj.get('type')}")
+
     def close(self) -> None:
         if self.enabled:
             self.bar.close()

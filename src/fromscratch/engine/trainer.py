@@ -139,6 +139,8 @@ class Trainer:
         self.metrics: dict[str, Any] = {}
         self.metrics_iteration = -1  # the iteration self.metrics were measured at
         self.batch_images = 0
+        self.events: list[dict[str, Any]] = []  # extra metrics.jsonl lines of this step (hooks add them)
+        self.stop_reason: dict[str, Any] | None = None  # set by a hook to end the run after this step
         self.step_time = self.data_time = 0.0
         if resume:
             self._resume()
@@ -248,16 +250,19 @@ class Trainer:
                 self.batch_images = len(images) * comm.world_size()
                 for h in self.hooks:
                     h.after_step()
+                if self.stop_reason:
+                    break
                 tic = time.perf_counter()
         finally:
             for h in self.hooks:
                 h.after_train()
-        return {"output_dir": str(self.out), "iterations": self.plan.total_iters, "metrics": self.metrics,
+        return {"output_dir": str(self.out), "iterations": self.done, "metrics": self.metrics,
                 "samples": vars(self.samples), "table": ap_table(self.metrics) if self.metrics else ""}
 
     @property
     def is_last(self) -> bool:
-        return self.done == self.plan.total_iters
+        """This step ends the run: the schedule's last iteration, or a hook asked to stop here."""
+        return self.done == self.plan.total_iters or self.stop_reason is not None
 
 
 def train(cfg: Config, resume: bool = False) -> dict[str, Any]:

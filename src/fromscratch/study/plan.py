@@ -51,7 +51,10 @@ class Study(BaseModel):
     seeds: list[int] = [0]
     subset_seed: int = 0
     eval_points: int = 4  # evaluations in the shortest schedule of a chain
-    tolerance: float = 1.0  # AP: "matches" needs |diff| <= max(tolerance, 2 x seed std)
+    margin: float = 1.0  # δ in AP: "within ±δ" needs the gap's whole interval inside (-δ, δ) (study/stats.py)
+    seed_std: float = 1.0  # assumed seed-to-seed AP spread when an arm has one seed (training noise)
+    adaptive: bool = False  # train only what the verdict needs (study/adaptive.py)
+    max_seeds: int = 3  # adaptive: seeds per arm it may grow to where more seeds decide a verdict
     parallel: int = 1  # chains run at once, 1 thread each (2 x 1 thread beats 1 x 2 threads on CPU)
     nproc: int = 1  # processes per run (torchrun)
     grid: Grid | None = None

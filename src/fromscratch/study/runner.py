@@ -63,7 +63,8 @@ def run_pretrain_stage(study: Study, cfg: Config, study_dir: Path) -> None:
 
 
 def is_complete(folder: Path, total: int) -> bool:
-    return ckpt.checkpoint_path(folder, total).exists()
+    """The run reached its last iteration, or stopped early on its own (train.early_stop_patience)."""
+    return ckpt.checkpoint_path(folder, total).exists() or (folder / "early_stopped.json").exists()
 
 
 def seed_from_prefix(run: PlannedRun, study_dir: Path) -> None:
@@ -126,7 +127,11 @@ def run_study(path: str | Path, plan_only: bool = False, output_dir: str | Path 
     cfg = base_config(study, base)
     ids = _train_ids(cfg)
     write_subsets(study, study_dir, ids)
-    runs, configs = plan_runs(study, base, study_dir, len(ids))
+    planned = study
+    if study.adaptive:  # seeds it may add are planned (and their configs written) up front
+        extra = [max(study.seeds) + 1 + i for i in range(max(0, study.max_seeds - len(study.seeds)))]
+        planned = study.model_copy(update={"seeds": study.seeds + extra})
+    runs, configs = plan_runs(planned, base, study_dir, len(ids))
     for r in runs:  # what each run trains with, resolved: read by subprocess runs and the report
         atomic_write_text(study_dir / "configs" / f"{r.name}.yaml", dump_config(configs[r.name]))
     atomic_write_text(study_dir / "plan.json", json.dumps({"study": study.model_dump(mode="json"),
@@ -136,11 +141,27 @@ def run_study(path: str | Path, plan_only: bool = False, output_dir: str | Path 
     if plan_only:
         return study_dir
     run_pretrain_stage(study, cfg, study_dir)
+    if study.adaptive:
+        from fromscratch.study.adaptive import run_adaptive
+        from fromscratch.study.report import write_report
+
+        def verdicts() -> list[dict]:
+            write_report(study_dir)
+            return json.loads((study_dir / "verdict.json").read_text())
+
+        run_adaptive(study, runs, study_dir, lambda some: execute_runs(some, configs, study, study_dir), verdicts)
+    else:
+        execute_runs(runs, configs, study, study_dir)
+    return study_dir
+
+
+def execute_runs(runs: list[PlannedRun], configs: dict[str, Config], study: Study, study_dir: Path) -> None:
+    """Train ``runs`` chain by chain (a longer schedule after the run it branches from), longest chains
+    first so that ``parallel`` workers finish together."""
 
     def run_chain(chain: list[PlannedRun]) -> list[str]:
         return [execute(r, configs[r.name], study, study_dir) for r in chain]
 
-    # longest chains first, so that parallel workers finish together
     order = sorted(chains(runs), key=lambda c: -sum(r.total_iters - r.branch_iter for r in c))
     if study.parallel == 1:
         for chain in order:
@@ -151,4 +172,3 @@ def run_study(path: str | Path, plan_only: bool = False, output_dir: str | Path 
             for msgs in pool.map(run_chain, order):
                 for m in msgs:
                     logger.info(m)
-    return study_dir
