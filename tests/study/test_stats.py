@@ -175,3 +175,16 @@ def test_forecast_recovers_the_catch_up_schedule(c):
 
 def test_one_schedule_forecasts_nothing():
     assert fc.forecast_arm({1.0: [10.0, 11.0]}, [1, 2, 4], 1.0) == []
+
+
+def test_forecast_reads_an_older_report_and_holds_out_its_longest_schedule():
+    """The committed mini-paper part keeps only its report: Table 1 gives each chain's seed means and sds."""
+    from tests.conftest import ROOT
+
+    pts = fc.study_points(ROOT / "docs/results/mini_paper/fashion_scenes")
+    assert set(pts) == {("scratch", "24"), ("pretrained", "24"), ("scratch", "8"), ("pretrained", "8")}
+    s24 = pts[("scratch", "24")]
+    assert sorted(s24) == [1, 2, 3, 6] and statistics.fmean(s24[6]) == pytest.approx(7.0)
+    assert statistics.stdev(s24[6]) == pytest.approx(1.5)
+    table = fc.holdout_table([ROOT / "docs/results/mini_paper/fashion_scenes"])
+    assert table.count("| 6x |") == 4 and "4 chains: mean absolute error" in table
