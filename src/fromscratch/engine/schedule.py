@@ -105,7 +105,8 @@ def describe(plan: Plan, mean_pixels: float | None = None, instances_per_image: 
     """The plan as `fromscratch schedule` prints it."""
     lines = [f"schedule {plan.schedule} at batch {plan.batch_size} on {plan.dataset_size:,} images",
              f"  iterations: {plan.total_iters:,} ({plan.epochs:.2f} epochs)",
-             f"  LR: base {plan.base_lr:g} (0.02 x {plan.batch_size}/16), x{plan.decay_factor:g} at "
+             f"  LR: base {plan.base_lr:g} ({plan.base_lr * PAPER_BATCH / plan.batch_size:g} x "
+             f"{plan.batch_size}/{PAPER_BATCH}), x{plan.decay_factor:g} at "
              + ", ".join(f"{s:,}" for s in plan.steps),
              f"  warm-up: {plan.warmup_iters:,} iterations from {plan.warmup_factor:g} x LR",
              f"  images to be seen: {plan.images:,}"]

@@ -1,6 +1,7 @@
 """Run a detector over records and turn its outputs into COCO results (file's own category ids).
 
-Each process predicts its shard of the images; rank 0 gathers and evaluates (engine/distributed.py).
+Each process predicts its shard of the images; the results are gathered on every rank (comm.py) and
+rank 0 scores them.
 """
 from __future__ import annotations
 
