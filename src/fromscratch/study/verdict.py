@@ -204,12 +204,12 @@ def _forecast_text(v: dict[str, Any]) -> str:
         return ""
     hit = f["catch_up"]
     if hit is None:
-        return (f" Forecast: scratch does not come within {v['margin']:g} AP of pre-training's "
-                f"{f['reference']:.1f} by {f['horizon']:g}x.")
+        return (f" Forecast: scratch does not come within {v['margin']:g} AP of pre-training's best "
+                f"({f['reference']:.1f}, measured or forecast) by {f['horizon']:g}x.")
     where = ("measured" if hit["measured"] is not None
              else f"forecast {hit['mean']:.1f} [{hit['lo']:.1f}, {hit['hi']:.1f}]")
-    return (f" Forecast catch-up schedule: {hit['schedule']:g}x ({where}, within {v['margin']:g} AP of "
-            f"{f['reference']:.1f}).")
+    return (f" Forecast catch-up schedule: {hit['schedule']:g}x (scratch {where}, within {v['margin']:g} AP of "
+            f"pre-training's best, {f['reference']:.1f} measured or forecast up to {f['horizon']:g}x).")
 
 
 def _metrics_text(v: dict[str, Any]) -> str:
