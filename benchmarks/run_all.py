@@ -22,13 +22,15 @@ BENCHES = [
     ("eval.py", []),
     ("time_to_ap.py", []),
     ("presets.py", ["--steps", "3", "--bf16"]),
+    ("memory.py", []),
 ]
 QUICK = {"train_step.py": ["--rounds", "2", "--block", "3", "--profile-steps", "1", "--variants", "ref", "ours",
                            "ours_ddp2"],
          "loader.py": ["--steps", "4"], "flops.py": ["--steps", "2"], "eval.py": ["--images", "100"],
          "time_to_ap.py": ["--target", "0.01", "--max-minutes", "0.2", "--eval-every", "4", "--val-images", "4",
                            "--slice", "4", "--cap-ratio", "1.5"],
-         "presets.py": ["--steps", "1", "--presets", "configs/models/cpu.yaml"]}
+         "presets.py": ["--steps", "1", "--presets", "configs/models/cpu.yaml"],
+         "memory.py": ["--images", "2000", "--iterations", "4"]}
 
 
 def main() -> int:
@@ -60,7 +62,7 @@ def main() -> int:
                                f"{took:.0f} s._\n")
     total = time.perf_counter() - start
     head = [f"# Benchmark results{' (quick check, not a measurement)' if args.quick else ''}", "",
-            f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+            f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
             f"- commit: {commit}", f"- machine: {cpu_name()}, {__import__('os').cpu_count()} cores visible",
             f"- command: `make bench` (python benchmarks/run_all.py{' --quick' if args.quick else ''}), "
             f"{total / 60:.1f} minutes in all",

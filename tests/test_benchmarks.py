@@ -18,8 +18,9 @@ def test_every_benchmark_runs_and_reports_its_targets(tmp_path):
     text = out.read_text()
     assert proc.returncode == 0, text[-4000:]
     for section in ("Training step", "Data loading", "FLOPs per training step", "COCO evaluation", "Time to bbox AP",
-                    "| preset |"):
+                    "| preset |", "Records memory with 4 loader workers"):
         assert section in text, section
     for name in ("| ref |", "| ours |", "| ours_ddp2 |"):
         assert name in text
     assert "- target training step, ours vs ref" in text and "- target COCO eval speed-up" in text
+    assert "- target peak memory with 4 workers, packed vs list" in text

@@ -40,6 +40,7 @@ class DataConfig(_Strict):
     flip_prob: float = 0.5
     num_workers: int = 2
     aspect_ratio_grouping: bool = True
+    pack_records: bool = True  # records in one shared byte buffer (flat memory as loader workers and processes grow)
 
 
 class BackboneConfig(_Strict):

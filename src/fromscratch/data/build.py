@@ -38,7 +38,7 @@ def build_dataset(d: DataConfig, split: Literal["train", "val"], check_images: b
         if not d.val:
             raise ConfigError("data.val is not set: nothing to evaluate on")
         ds = load_dataset(d.val, **_common(d, check_images))
-    return ds.packed() if getattr(d, "pack_records", False) else ds  # TEMP until records.py lands
+    return ds.packed() if d.pack_records else ds
 
 
 def build_datasets(d: DataConfig) -> tuple[Dataset, Dataset | None]:

@@ -8,7 +8,7 @@ and rank r of W takes slots [r*B/W, (r+1)*B/W) of the same global batch.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -141,7 +141,7 @@ def train_loader(ds: Dataset, transform: TrainTransform, batch_size: int, seed: 
 class EvalSet(torch.utils.data.Dataset):
     """Original-size images (the model resizes at test time and maps detections back)."""
 
-    def __init__(self, records: list[Record]):
+    def __init__(self, records: Sequence[Record]):
         self.records = records
 
     def __len__(self) -> int:
@@ -152,7 +152,7 @@ class EvalSet(torch.utils.data.Dataset):
         return torch.from_numpy(load_image(r.file_name)).permute(2, 0, 1), r.image_id
 
 
-def eval_loader(records: list[Record], num_workers: int = 2, rank: int = 0, world_size: int = 1,
+def eval_loader(records: Sequence[Record], num_workers: int = 2, rank: int = 0, world_size: int = 1,
                 batch_size: int = 1) -> torch.utils.data.DataLoader:
     shard = records[rank::world_size]
     return torch.utils.data.DataLoader(EvalSet(shard), batch_size=batch_size, num_workers=num_workers,
