@@ -3,7 +3,7 @@
 1. The loader alone (data/loader.py: workers decode, resize, flip, build masks) for 0, 1 and 2 workers:
    images/s with no training.
 2. The training step alone (engine.trainer.Trainer.train_step on batches already in memory): images/s it consumes.
-3. Training as `fromscratch train` runs it (loader with --workers workers feeding _step): the share of
+3. Training as `fromscratch train` runs it (loader with --workers workers feeding train_step): the share of
    wall time the step waits for data (the trainer's data_time), the number the target is about.
 Usage: python benchmarks/loader.py [--steps 30] [--workers 2]
 """

@@ -7,9 +7,9 @@ its own; the parent runs one block of --block steps in each in turn, for --round
   image to float and the polygons to masks at native size with a random flip; the model's
   GeneralizedRCNNTransform resizes image and masks inside the step (multi-scale as a tuple of sizes);
   sum of losses, ``.item()`` for the finite check, zero_grad, backward, SGD step; 1 process x 2 threads.
-- ``ours``: `fromscratch train` as it runs: engine/trainer.setup, the loader of data/loader.py (workers
-  decode, resize and flip uint8 images and masks; the model skips the resize), engine/trainer._step;
-  1 process x 2 threads.
+- ``ours``: `fromscratch train` as it runs: engine.trainer.Trainer, the loader of data/build.py (workers
+  decode, resize and flip uint8 images and masks; the model skips the resize), Trainer.train_step timed
+  from outside (stages through torch's module and optimizer hooks); 1 process x 2 threads.
 - ``ours_ddp2``: `fromscratch train --nproc 2`: 2 processes x 1 thread (gloo), 1 image each, same global
   batch; gradients all-reduced inside backward.
 - ``*_bf16``: the same with bf16 autocast (train.amp=bf16); ``ours_cl``: channels_last weights.

@@ -44,6 +44,15 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """``obj`` of rank ``src`` on every rank (itself when not distributed)."""
+    if not is_dist():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
 def gather_objects(obj: Any) -> list[Any]:
     """Every process's ``obj`` (a list on every rank; one element when not distributed)."""
     if not is_dist():

@@ -147,3 +147,22 @@ def test_early_stopping_waits_for_its_grace_period(tmp_path):
     assert [e["iteration"] for e in _lines(run, "eval")] == [1, 2, 3, 4, 5] and is_complete(run, 10)
     with pytest.raises(ConfigError, match="train.early_stop_patience"):
         _cfg(tmp_path / "b", "train.early_stop_patience=2")  # no periodic evaluation to watch
+
+
+@pytest.mark.slow
+def test_early_stopping_decides_alike_after_a_resume(tmp_path):
+    """Killed after the checkpoint at 2 (patience 2 already half used), the resumed run replays the
+    evaluations it logged and stops at 3, as the uninterrupted run did; a run resumed after its stop
+    stops again at once."""
+    extra = ["train.iterations=10", "train.steps=[9]", "train.warmup_iters=0", "train.base_lr=0.0",
+             "train.eval_period=1", "train.checkpoint_period=1", "train.keep_checkpoints=5",
+             "train.early_stop_patience=2", "train.early_stop_grace=0"]
+    cfg = _cfg(tmp_path, *extra)
+    assert train(cfg)["iterations"] == 3
+    run = tmp_path / "run"
+    (run / "model_0000003.pth").unlink()
+    (run / "early_stopped.json").unlink()
+    assert train(cfg, resume=True)["iterations"] == 3  # from the checkpoint at 2
+    assert [s["iteration"] for s in _lines(run, "early_stop")] == [3] and (run / "early_stopped.json").exists()
+    assert [e["iteration"] for e in _lines(run, "eval")] == [1, 2, 3]
+    assert train(cfg, resume=True)["iterations"] == 3 and not list(run.glob("model_000000[4-9].pth"))

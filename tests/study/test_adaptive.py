@@ -5,11 +5,11 @@ import pytest
 
 from fromscratch.study.adaptive import action, run_adaptive, summary_lines
 from fromscratch.study.plan import load_study, plan_runs
-from tests.study.test_study import _study
+from tests.study.test_study import make_study
 
 
 def _v(decision, catch_up="none", pre_forecast=(), seeds_needed=None, best_pre=20.0, margin=1.0):
-    f = {"pretrained": [{"schedule": m, "mean": v} for m, v in pre_forecast], "horizon": 9.0}
+    f = {"pretrained": [{"schedule": m, "mean": v} for m, v in pre_forecast], "horizon": 9.0, "longest": 3.0}
     if catch_up != "none":
         f["catch_up"] = catch_up
     return {"decision": decision, "forecast": f, "best_pretrained": best_pre, "margin": margin,
@@ -21,6 +21,7 @@ def _v(decision, catch_up="none", pre_forecast=(), seeds_needed=None, best_pre=2
     (_v("within", pre_forecast=[(1, 15), (2, 20), (3, 24)]), 2, 1, "extend"),  # pre-training still gaining
     (_v("within"), 1, 1, "extend"),  # one schedule: nothing says longer ones agree
     (_v("pretrained ahead", catch_up=None), 2, 1, "final"),  # scratch not forecast to catch up
+    (_v("scratch ahead", catch_up={"schedule": 1.0}), 1, 1, "final"),  # scratch beats pre-training's best
     (_v("pretrained ahead", catch_up={"schedule": 3.0}), 2, 1, "extend"),  # ... or it is: go and see
     (_v("pretrained ahead", catch_up={"schedule": 6.0}), 2, 1, "final"),  # only beyond the study's 3x
     (_v("undecided", seeds_needed=3), 1, 1, "seeds:3"),
@@ -31,9 +32,17 @@ def test_action(v, n_sched, n_seeds, expected):
     assert action(v, n_sched, n_total=3, n_seeds=n_seeds, max_seeds=3) == expected
 
 
+def test_a_size_without_a_verdict_runs_to_the_longest_schedule_and_stops(tmp_path):
+    study, base = load_study(make_study(tmp_path, schedules=["1x", "2x"], data_sizes=["all"], seeds=[0],
+                                        adaptive=True, max_seeds=1))
+    runs, _ = plan_runs(study, base, tmp_path / "study", 4)
+    rounds = run_adaptive(study, runs, tmp_path / "study", lambda some: None, lambda: [])["rounds"]
+    assert [r["actions"] for r in rounds] == [{"all": "extend"}, {"all": "stop"}]
+
+
 def test_rounds_stop_decided_sizes_and_extend_undecided_ones(tmp_path):
     """Size 'all' is decided once its 2x runs exist; size 2 stays undecided to the longest schedule."""
-    study, base = load_study(_study(tmp_path, schedules=["1x", "2x", "3x"], seeds=[0], adaptive=True, max_seeds=1))
+    study, base = load_study(make_study(tmp_path, schedules=["1x", "2x", "3x"], seeds=[0], adaptive=True, max_seeds=1))
     sd = tmp_path / "study"
     runs, _ = plan_runs(study, base, sd, 4)
     trained: list[list[str]] = []
@@ -71,7 +80,7 @@ def test_adaptive_study_end_to_end(tmp_path):
     from fromscratch.study.report import write_report
     from fromscratch.study.runner import run_study
 
-    path = _study(tmp_path, schedules=["1x", "2x"], data_sizes=["all"], adaptive=True, max_seeds=1)
+    path = make_study(tmp_path, schedules=["1x", "2x"], data_sizes=["all"], adaptive=True, max_seeds=1)
     sd = run_study(path)
     a = json.loads((sd / "adaptive.json").read_text())
     assert a["rounds"] and set(a["ran"]) <= {r["name"] for r in json.loads((sd / "plan.json").read_text())["runs"]}

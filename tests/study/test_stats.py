@@ -48,7 +48,7 @@ def test_all_ones_weights_give_pycocotools_ap(iou_type):
            "annotations": gt["annotations"] + [{**a, "id": 10 ** 6 + a["id"], "image_id": extra}
                                                for a in gt["annotations"] if a["image_id"] == first]}
     res2 = res + [{**r, "image_id": extra} for r in res if r["image_id"] == first]
-    assert ap_of(m, w)["AP"] == pytest.approx(evaluate(gt2, res2, iou_type, "pycocotools")["AP"], abs=0.5)
+    assert ap_of(m, w)["AP"] == pytest.approx(evaluate(gt2, res2, iou_type, "pycocotools")["AP"], abs=1e-9)
 
 
 def _population(n: int, quality: float, seed: int) -> list[list[tuple[float, np.ndarray, int]]]:
@@ -110,7 +110,7 @@ def test_paired_bootstrap_interval_covers_a_known_gap():
 
 
 def _gap(gap: float, half: float, measured: bool = True) -> Gap:
-    return Gap("bbox.AP", gap, gap - half, gap + half, half / 1.645 / 1.4, half / 1.645 / 1.4, measured, (3, 3),
+    return Gap("bbox.AP", gap, gap - half, gap + half, half / 1.645 / 1.4, True, half / 1.645 / 1.4, measured, (3, 3),
                100, 0.9)
 
 
@@ -124,11 +124,11 @@ def test_decision_rule(gap, half, expected):
 def test_what_would_decide_names_seeds_or_images():
     # seed noise dominates: seeds decide it (se needed = 0.7 / 1.645 = 0.425 > the image part, 0.2):
     # 2 x 1.28 / (0.425² − 0.2²) = 18.2 -> 19 seeds
-    g = Gap("bbox.AP", 0.3, 0.3 - 1.645 * 0.825, 0.3 + 1.645 * 0.825, 0.2, 0.8, True, (2, 2), 100, 0.9)
+    g = Gap("bbox.AP", 0.3, 0.3 - 1.645 * 0.825, 0.3 + 1.645 * 0.825, 0.2, True, 0.8, True, (2, 2), 100, 0.9)
     r = what_would_decide(g, 1.0, seed_var_per_arm=1.28)
     assert "within ±δ" in r.text and "seeds per arm" in r.text and r.seeds == 19 and r.images is None
     # image noise dominates: validation images decide it
-    g = Gap("bbox.AP", 0.3, 0.3 - 1.645 * 0.825, 0.3 + 1.645 * 0.825, 0.8, 0.2, True, (2, 2), 100, 0.9)
+    g = Gap("bbox.AP", 0.3, 0.3 - 1.645 * 0.825, 0.3 + 1.645 * 0.825, 0.8, True, 0.2, True, (2, 2), 100, 0.9)
     r = what_would_decide(g, 1.0, seed_var_per_arm=0.08)
     assert "validation images (now 100)" in r.text and r.images == 455
     assert "both more seeds and more validation images" in what_would_decide(_gap(0.3, 1.5), 1.0, 1.0).text

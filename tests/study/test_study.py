@@ -13,7 +13,7 @@ from fromscratch.study.runner import execute, run_study
 from tests.conftest import ROOT, make_coco
 
 
-def _study(tmp: Path, **over) -> Path:
+def make_study(tmp: Path, **over) -> Path:
     ann = make_coco(tmp / "data", num_images=4, size=(64, 64))
     s = {"description": "tiny", "detector": str(ROOT / "configs/models/cpu.yaml"),
          "overrides": {"data.train": str(ann), "data.val": str(ann), "data.train_scales": [64],
@@ -30,7 +30,7 @@ def _study(tmp: Path, **over) -> Path:
 
 
 def test_plan_arms_schedules_sizes_seeds_and_branches(tmp_path):
-    study, base = load_study(_study(tmp_path, seeds=[0, 1]))
+    study, base = load_study(make_study(tmp_path, seeds=[0, 1]))
     runs, configs = plan_runs(study, base, tmp_path / "study", train_size=4)
     assert len(runs) == 2 * 2 * 2 * 2
     names = {r.name for r in runs}
@@ -49,7 +49,7 @@ def test_plan_arms_schedules_sizes_seeds_and_branches(tmp_path):
 
 
 def test_complete_runs_are_skipped(tmp_path):
-    study, base = load_study(_study(tmp_path))
+    study, base = load_study(make_study(tmp_path))
     sd = tmp_path / "study"
     runs, configs = plan_runs(study, base, sd, 4)
     run = runs[0]
@@ -60,7 +60,7 @@ def test_complete_runs_are_skipped(tmp_path):
 
 @pytest.mark.slow
 def test_tiny_study_end_to_end_with_accounting(tmp_path):
-    path = _study(tmp_path, data_sizes=["all"])
+    path = make_study(tmp_path, data_sizes=["all"])
     sd = run_study(path)
     report, verdicts = write_report(sd)
     acct = json.loads((sd / "pretrain" / "accounting.json").read_text())
@@ -163,7 +163,7 @@ def test_one_seed_with_the_default_spread_is_undecided_and_says_what_decides(tmp
 @pytest.mark.slow
 def test_parallel_study_runs_subprocesses(tmp_path):
     """parallel: 2 runs chains as 1-thread `fromscratch train` subprocesses (what `make demo` does)."""
-    path = _study(tmp_path, arms=["scratch", {"name": "scratch_b", "overrides": {"train.seed": 1}}],
+    path = make_study(tmp_path, arms=["scratch", {"name": "scratch_b", "overrides": {"train.seed": 1}}],
                   schedules=["1x"], data_sizes=[2], parallel=2)
     sd = run_study(path)
     for name in ("scratch_2_1x_s0", "scratch_b_2_1x_s0"):
@@ -202,7 +202,7 @@ def test_suite_runs_each_part_and_joins_the_reports(tmp_path):
     joins theirs; running it again trains nothing."""
     parts = []
     for name in ("a", "b"):
-        p = _study(tmp_path / name, arms=["scratch"], schedules=["1x"], data_sizes=[2], eval_points=1)
+        p = make_study(tmp_path / name, arms=["scratch"], schedules=["1x"], data_sizes=[2], eval_points=1)
         parts.append(str(p.rename(tmp_path / f"{name}.yaml").name))
     suite = tmp_path / "suite.yaml"
     suite.write_text(yaml.safe_dump({"description": "two parts", "parts": parts, "output_dir": str(tmp_path / "out")}))
@@ -236,7 +236,7 @@ def test_one_count_of_training_images_with_skipped_invalid_ones(tmp_path):
     from fromscratch.config import load_config
     from fromscratch.data.build import build_datasets, train_image_ids, train_stats
 
-    path = _study(tmp_path, data_sizes=["all"])
+    path = make_study(tmp_path, data_sizes=["all"])
     (tmp_path / "data" / "images" / "img1.png").write_bytes(b"not a png")  # image id 2
     raw = yaml.safe_load(path.read_text())
     raw["overrides"]["data.on_invalid"] = "skip"

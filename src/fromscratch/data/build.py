@@ -50,7 +50,8 @@ def train_image_ids(d: DataConfig) -> list[int]:
     """The ids of the training images a run on the whole of ``data.train`` would use (the same checks,
     so ``on_invalid=skip`` drops the same images; no subset): what a study draws its subsets from."""
     ds = build_dataset(d, "train", subset=False)
-    return [r.image_id for r in ds.records]
+    ids = getattr(ds.records, "image_ids", None)  # packed records keep them as an array: no unpickling
+    return [int(i) for i in ids] if ids is not None else [r.image_id for r in ds.records]
 
 
 def build_train_loader(cfg: Config, ds: Dataset, start_iter: int, max_iter: int, rank: int = 0,

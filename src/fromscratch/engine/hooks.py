@@ -36,6 +36,12 @@ DIVERGENCE_HINTS = ("no normalization (norm=none) from scratch, or BN with small
                     "(train.warmup_iters); try train.clip_grad_norm")
 
 
+def first_ap(metrics: dict[str, Any]) -> float:
+    """The AP of the first IoU type in an evaluation's metrics (box AP for COCO, mAP for VOC), the number
+    the best checkpoint and early stopping watch. Other keys of a metrics.jsonl line are skipped."""
+    return next(v["AP"] for v in metrics.values() if isinstance(v, dict) and "AP" in v)
+
+
 class HookBase:
     trainer: Trainer
 
@@ -80,7 +86,7 @@ class EvalHook(HookBase):
     def after_step(self) -> None:
         tr = self.trainer
         if tr.val_ds is not None and ((self.period and tr.done % self.period == 0) or tr.is_last):
-            tr.metrics = self.evaluate(tr.done)
+            tr.metrics = comm.broadcast_object(self.evaluate(tr.done))  # every rank decides alike
             tr.metrics_iteration = tr.done
 
     def after_train(self) -> None:
@@ -99,16 +105,32 @@ class EarlyStopping(HookBase):
         self.patience, self.min_delta, self.grace = patience, min_delta, grace
         self.best, self.best_iter, self.waited = -math.inf, 0, 0
 
+    def before_train(self) -> None:
+        """A resumed (or branched) run replays the evaluations logged up to its checkpoint, so it decides
+        as the uninterrupted run would; one that had already stopped stops again at once."""
+        tr = self.trainer
+        path = tr.out / "metrics.jsonl"
+        lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+        for line in (x for x in lines if x["iteration"] <= tr.start_iter):
+            if line["type"] == "early_stop":
+                tr.stop_reason = line
+            elif line["type"] == "eval":
+                self._observe(line["iteration"], first_ap(line))
+
+    def _observe(self, iteration: int, ap: float) -> bool:
+        """Count one evaluation; True when the run should stop here."""
+        if ap > self.best + self.min_delta:
+            self.best, self.best_iter, self.waited = ap, iteration, 0
+            return False
+        self.waited += 1
+        return self.waited >= self.patience and iteration >= self.grace * self.trainer.plan.total_iters
+
     def after_step(self) -> None:
         tr = self.trainer
         if tr.metrics_iteration != tr.done or not tr.metrics or tr.is_last:
             return
-        ap = next(iter(tr.metrics.values()))["AP"]
-        if ap > self.best + self.min_delta:
-            self.best, self.best_iter, self.waited = ap, tr.done, 0
-            return
-        self.waited += 1
-        if self.waited >= self.patience and tr.done >= self.grace * tr.plan.total_iters:
+        ap = first_ap(tr.metrics)
+        if self._observe(tr.done, ap):
             tr.stop_reason = {"type": "early_stop", "iteration": tr.done, "best_AP": self.best,
                               "best_iteration": self.best_iter, "patience": self.patience}
             tr.events.append(tr.stop_reason)
@@ -131,7 +153,7 @@ class MetricsWriter(HookBase):
     def after_step(self) -> None:
         tr = self.trainer
         self.log.step(tr.done, tr.values, tr.plan.lr_at(tr.iter), tr.step_time, tr.data_time, tr.batch_images,
-                      vars(tr.samples))
+                      vars(tr.samples), last=tr.is_last)
         if tr.metrics_iteration == tr.done:
             self.log.eval(tr.done, tr.metrics, vars(tr.samples))
         for event in tr.events:
@@ -153,7 +175,7 @@ class BestCheckpointer(HookBase):
         tr = self.trainer
         if tr.metrics_iteration != tr.done or not tr.metrics:
             return
-        ap = next(iter(tr.metrics.values()))["AP"]
+        ap = first_ap(tr.metrics)
         if ap > self.best and comm.is_main():
             ckpt.save_checkpoint(tr.out / "model_best.pth", {"model": tr.model.state_dict(), "iteration": tr.done,
                                                             "AP": ap})
@@ -188,7 +210,7 @@ class StopOnSignal(HookBase):
     def requested(self) -> bool:
         if not comm.is_dist():
             return self.flag
-        f = torch.tensor([float(self.flag)])
+        f = torch.tensor([float(self.flag)], device=self.trainer.device)  # NCCL reduces CUDA tensors only
         torch.distributed.all_reduce(f)
         return bool(f.item())
 
@@ -196,9 +218,7 @@ class StopOnSignal(HookBase):
         tr = self.trainer
         if tr.is_last or not self.requested():
             return
-        path = ckpt.checkpoint_path(tr.out, tr.done)
-        if not path.exists():
-            path = tr.save(tr.done)
+        path = ckpt.checkpoint_path(tr.out, tr.done) if tr.last_saved == tr.done else tr.save(tr.done)
         raise Stopped(f"stopped by signal at iteration {tr.done}; checkpoint {path}. Resume with: "
                       f"fromscratch train <config> [overrides] --resume  (output_dir={tr.out})")
 
@@ -218,7 +238,9 @@ class DivergenceGuard(HookBase):
         if tr.cfg.train.skip_nonfinite_steps:
             logger.warning(f"iteration {iteration + 1}: non-finite loss, step skipped (train.skip_nonfinite_steps)")
             return False
-        path = tr.save(iteration)  # the state before this step: the last good one
+        path = ckpt.checkpoint_path(tr.out, iteration)
+        if tr.last_saved != iteration:  # the state before this step: the last good one (keep a periodic one)
+            path = tr.save(iteration)
         detail = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
         raise FromScratchError(
             f"non-finite loss at iteration {iteration + 1}: {detail}; lr={tr.plan.lr_at(iteration):.4g}; images "

@@ -34,7 +34,8 @@ class MetricLogger:
         self.file.flush()
 
     def step(self, iteration: int, losses: dict[str, float], lr: float, step_time: float, data_time: float,
-             batch: int, samples: dict[str, int]) -> None:
+             batch: int, samples: dict[str, int], last: bool = False) -> None:
+        """One iteration; a line every ``period`` iterations and at the ``last`` one (the end, or a stop)."""
         if not self.enabled:
             return
         self.window.append(losses)
@@ -42,7 +43,7 @@ class MetricLogger:
         total = sum(losses.values())
         self.bar.update(1)
         self.bar.set_postfix(loss=f"{total:.3f}", lr=f"{lr:.2g}")
-        if iteration % self.period and iteration != self.bar.total:
+        if iteration % self.period and iteration != self.bar.total and not last:
             return
         mean = {k: sum(w[k] for w in self.window) / len(self.window) for k in self.window[-1]}
         st = sum(t for t, _, _ in self.times)

@@ -88,9 +88,9 @@ def init_line(model: nn.Module) -> str:
             f"{len(rep.shape_mismatch)} shape mismatches")
 
 
-def _batch_samples(images: Sequence[torch.Tensor], targets: Sequence[dict]) -> Samples:
+def _batch_samples(images: Sequence[torch.Tensor], targets: Sequence[dict], device: torch.device) -> Samples:
     s = torch.tensor([len(images), sum(len(t["boxes"]) for t in targets),
-                      sum(im.shape[-2] * im.shape[-1] for im in images)], dtype=torch.float64)
+                      sum(im.shape[-2] * im.shape[-1] for im in images)], dtype=torch.float64, device=device)
     if comm.is_dist():
         torch.distributed.all_reduce(s)
     return Samples(*(int(v) for v in s.tolist()))
@@ -139,6 +139,7 @@ class Trainer:
         self.metrics: dict[str, Any] = {}
         self.metrics_iteration = -1  # the iteration self.metrics were measured at
         self.batch_images = 0
+        self.last_saved = -1  # the iteration of the newest checkpoint this process wrote (same on every rank)
         self.events: list[dict[str, Any]] = []  # extra metrics.jsonl lines of this step (hooks add them)
         self.stop_reason: dict[str, Any] | None = None  # set by a hook to end the run after this step
         self.step_time = self.data_time = 0.0
@@ -196,6 +197,7 @@ class Trainer:
             ckpt.prune(self.out, self.cfg.train.keep_checkpoints,
                        {ckpt.checkpoint_path(self.out, i) for i in self.cfg.train.checkpoint_at})
         comm.barrier()
+        self.last_saved = iteration
         return path
 
     def _set_lr(self, iteration: int) -> None:
@@ -214,7 +216,7 @@ class Trainer:
         tgts = [{k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
         with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
             losses = self.ddp(imgs, tgts)
-        self.samples.add(_batch_samples(imgs, tgts))
+        self.samples.add(_batch_samples(imgs, tgts, self.device))
         values = _reduce(losses)
         if not all([h.after_forward(iteration, values, tgts) for h in self.hooks]):
             return values
@@ -237,11 +239,11 @@ class Trainer:
         loader = build_train_loader(self.cfg, self.train_ds, self.start_iter, self.plan.total_iters,
                                     comm.rank(), comm.world_size())
         self.model.train()
-        for h in self.hooks:
-            h.before_train()
         try:
+            for h in self.hooks:
+                h.before_train()
             tic = time.perf_counter()
-            for it, (images, targets) in enumerate(loader, start=self.start_iter):
+            for it, (images, targets) in enumerate([] if self.stop_reason else loader, start=self.start_iter):
                 self.iter, self.data_time = it, time.perf_counter() - tic
                 for h in self.hooks:
                     h.before_step()
@@ -254,10 +256,24 @@ class Trainer:
                     break
                 tic = time.perf_counter()
         finally:
-            for h in self.hooks:
-                h.after_train()
+            self._after_train()
         return {"output_dir": str(self.out), "iterations": self.done, "metrics": self.metrics,
                 "samples": vars(self.samples), "table": ap_table(self.metrics) if self.metrics else ""}
+
+    def _after_train(self) -> None:
+        """Every hook's ``after_train``, even when one fails (signal handlers must be restored); the first
+        failure is raised after all have run, unless the loop is already raising."""
+        import sys
+
+        failed: BaseException | None = None
+        for h in self.hooks:
+            try:
+                h.after_train()
+            except Exception as e:  # noqa: BLE001 - the others must still run
+                logger.warning(f"{type(h).__name__}.after_train failed: {e}")
+                failed = failed or e
+        if failed is not None and sys.exc_info()[0] is None:
+            raise failed
 
     @property
     def is_last(self) -> bool:

@@ -32,14 +32,15 @@ def action(v: dict[str, Any], n_sched: int, n_total: int, n_seeds: int, max_seed
     """"final", "seeds:N", "extend" or "stop" for one size's verdict."""
     decision, f = v["decision"], v["forecast"]
     longer_left = n_sched < n_total
-    if decision == "within" and n_sched >= 2:
-        within_study = [x["mean"] for x in f.get("pretrained", []) if x["schedule"] <= f.get("horizon", 0) / 3]
-        gain = max(within_study, default=v["best_pretrained"]) - v["best_pretrained"]
-        if gain <= v["margin"]:
+    if decision == "within" and n_sched >= 2 and f.get("pretrained"):
+        within_study = [x["mean"] for x in f["pretrained"] if x["schedule"] <= f["longest"]]
+        if max(within_study, default=v["best_pretrained"]) - v["best_pretrained"] <= v["margin"]:
             return "final"
-    if decision in ("pretrained ahead", "scratch ahead") and "catch_up" in f:
+    if decision == "scratch ahead":
+        return "final"  # scratch already beats pre-training's best by more than δ
+    if decision == "pretrained ahead" and "catch_up" in f:
         hit = f["catch_up"]
-        if hit is None or hit["schedule"] > f["horizon"] / 3:  # not within δ by the study's longest schedule
+        if hit is None or hit["schedule"] > f["longest"]:  # not within δ by the study's longest schedule
             return "final"
     if decision == "undecided" and v.get("seeds_needed") and n_seeds < v["seeds_needed"] <= max_seeds:
         return f"seeds:{v['seeds_needed']}"
@@ -65,7 +66,8 @@ def run_adaptive(study: Study, runs: list[PlannedRun], study_dir: Path,
         step: dict[str, Any] = {"round": len(rounds) + 1, "runs": [r.name for r in wanted], "actions": {}}
         for size in sizes:
             vs = [v for v in verdicts if v["size"] == size]
-            acts = [action(v, n_sched[size], len(scheds), n_seed[size], study.max_seeds) for v in vs] or ["extend"]
+            acts = [action(v, n_sched[size], len(scheds), n_seed[size], study.max_seeds) for v in vs] \
+                or (["extend"] if n_sched[size] < len(scheds) else ["stop"])  # no verdict (yet): longer runs
             act = _combine(acts)
             step["actions"][size] = act
             if act == "extend":

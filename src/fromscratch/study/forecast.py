@@ -9,7 +9,7 @@ The curve: the "pow3" family of learning-curve extrapolation, AP(m) = a − b·m
 exponent c it is linear in (a, b), so each c on a grid (−1 to 2.5: accelerating to saturating) is a
 least-squares fit with its parameter covariance; the fits are averaged with weights exp(−RSS/2σ²), σ
 being the seed-to-seed spread of final AP (measured, or the study's ``seed_std`` prior) or, when larger,
-the best fit's lack of fit per spare schedule. Two schedules, which every c fits exactly, give a
+the best fit's residual variance. Two schedules, which every c fits exactly, give a
 forecast as wide as the choice of c makes it; three that no c fits well give a wide one too. One
 schedule forecasts nothing. The held-out check (``fromscratch forecast --holdout``) measures it.
 Docs: docs/paper.md, "Forecasting the catch-up schedule".
@@ -64,7 +64,7 @@ def fit(points: dict[float, list[float]], prior_sd: float) -> list[tuple[float, 
         rss.append(float(((ys - x @ beta) ** 2).sum()))
         fits.append((beta, xtx_inv, float(c)))
     # noise: the seed spread, or the best fit's lack of fit when larger (no exponent fits: say so in the width)
-    var = max(noise_sd(points, prior_sd) ** 2, min(rss) / max(1, len(points) - 2), 1e-6)
+    var = max(noise_sd(points, prior_sd) ** 2, min(rss) / max(1, len(ys) - 2), 1e-6)
     logw = [-r / (2 * var) for r in rss]
     w = np.exp(np.array(logw) - max(logw))
     w /= w.sum()

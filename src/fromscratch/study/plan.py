@@ -17,7 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from fromscratch.config import Config, PretrainConfig, load_config
+from fromscratch.config import Config, PretrainConfig, config_from_dict, load_config
 from fromscratch.engine.schedule import make_plan, parse_multiplier
 from fromscratch.errors import ConfigError
 
@@ -169,7 +169,11 @@ def base_config(study: Study, base: Path) -> Config:
 
 
 def _with_train(cfg: Config, output_dir: Path, **train: Any) -> Config:
-    return cfg.model_copy(update={"train": cfg.train.model_copy(update=train), "output_dir": str(output_dir)})
+    """A validated copy (cross-field checks included) with other ``train`` keys and output folder."""
+    tree = cfg.model_dump(mode="json")
+    tree["train"].update(train)
+    tree["output_dir"] = str(output_dir)
+    return config_from_dict(tree, default_source="study")
 
 
 def plan_runs(study: Study, base: Path, study_dir: Path, train_size: int) -> tuple[list[PlannedRun], dict[str, Config]]:

@@ -36,6 +36,7 @@ class Gap:
     lo: float
     hi: float
     se_images: float  # from the paired bootstrap (0 when no per-image detections were kept)
+    images_resampled: bool  # False: no detections files, the interval has seed noise only
     se_seeds: float
     seeds_measured: bool  # False: one seed in an arm, the prior seed_std was used
     n_seeds: tuple[int, int]  # (pre-trained, scratch)
@@ -87,17 +88,14 @@ def compare(pre: dict[str, list[float]], scr: dict[str, list[float]], pre_m: lis
         half = _t_quantile(level, df) * math.sqrt(var)
         n_img = len(pre_m[0].image_ids) if pre_m else 0
         out[f"{metric_prefix}.{key}"] = Gap(f"{metric_prefix}.{key}", gap, gap - half, gap + half, se_img,
-                                            math.sqrt(var_seed), measured, (len(pre[key]), len(scr[key])), n_img,
-                                            level)
+                                            boot is not None, math.sqrt(var_seed), measured,
+                                            (len(pre[key]), len(scr[key])), n_img, level)
     return out
 
 
 def _bootstrap(pre_m: list[PerImageMatches], scr_m: list[PerImageMatches], rounds: int,
                seed: int) -> dict[str, np.ndarray]:
     ids = pre_m[0].image_ids
-    for m in pre_m + scr_m:
-        if not np.array_equal(m.image_ids, ids):
-            raise ValueError("paired bootstrap needs both arms evaluated on the same validation images")
     weights = resample_weights(len(ids), rounds, seed)
     out = {k: np.zeros(rounds) for k in KEYS}
     for b, w in enumerate(weights):

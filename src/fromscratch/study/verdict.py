@@ -15,6 +15,7 @@ from typing import Any
 from fromscratch.engine.schedule import parse_multiplier
 from fromscratch.evaluation.bootstrap import PerImageMatches, match_per_image
 from fromscratch.study import forecast as fc
+from fromscratch.study.accounting import fmt
 from fromscratch.study.stats import Gap, compare, decide, what_would_decide
 
 logger = logging.getLogger(__name__)
@@ -98,6 +99,8 @@ def verdict_for(plan: dict, cells: dict, ev: Evidence, size: str, arm: str, scra
     scr = {s: cells[(scratch, size, s)] for s in scheds if (scratch, size, s) in cells}
     if not pre or not scr:
         return None
+    if not all("bbox.AP" in c.values for c in [*pre.values(), *scr.values()]):
+        return None  # VOC mAP: no COCO AP to compare (the tables still show every number)
     bp = max(pre, key=lambda s: pre[s].mean())
     bs = max(scr, key=lambda s: scr[s].mean())
     best = gaps(pre[bp], scr[bs], ev, margin, prior_sd, IOU_TYPES)
@@ -105,7 +108,7 @@ def verdict_for(plan: dict, cells: dict, ev: Evidence, size: str, arm: str, scra
     same = {s: gaps(pre[s], scr[s], ev, margin, prior_sd, ("bbox",))["bbox.AP"]
             for s in scheds if s in pre and s in scr}
     g = best["bbox.AP"]
-    v: dict[str, Any] = {"size": size, "arm": arm, "scratch": scratch, "seeds": len(study["seeds"]), "margin": margin,
+    v: dict[str, Any] = {"size": size, "arm": arm, "scratch": scratch, "margin": margin,
                          "seed_std": prior_sd, "level": LEVEL, "best_pretrained": pre[bp].mean(),
                          "best_pretrained_schedule": bp,
                          "best_scratch": scr[bs].mean(), "best_scratch_schedule": bs,
@@ -147,6 +150,7 @@ def _forecast_summary(cells: dict, arm: str, scratch: str, size: str, scheds: li
     hit = fc.catch_up(scr_f, reference, margin)
     out["reference"] = reference
     out["horizon"] = max(f.schedule for f in scr_f)
+    out["longest"] = max(parse_multiplier(s) for s in scheds)
     out["catch_up"] = hit.to_dict() if hit else None
     return out
 
@@ -183,7 +187,7 @@ def verdict_text(v: dict[str, Any]) -> str:
         text = head + f"scratch is within ±{d:g} AP of pre-training: gap {_iv(g)}; {best}."
         if v.get("catch_schedule"):
             text += (f" It gets there from the {v['catch_schedule']} schedule on, having seen "
-                     f"{_fmt(v['scratch_images'])} images against {_fmt(v['pretrained_images'])} for the "
+                     f"{fmt(v['scratch_images'])} images against {fmt(v['pretrained_images'])} for the "
                      "pre-trained arm's best run, pre-training included.")
     elif v["decision"] == "pretrained ahead":
         text = head + f"pre-training is ahead by more than {d:g} AP: gap {_iv(g)}; {best}."
@@ -192,6 +196,8 @@ def verdict_text(v: dict[str, Any]) -> str:
     else:
         text = head + f"undecided at margin ±{d:g} AP: gap {_iv(g)}; {best}. {v['to_decide'][0].upper()}" \
                       f"{v['to_decide'][1:]}."
+    if not g["images_resampled"]:
+        text += " No per-image detections were kept, so the interval leaves out the validation images' noise."
     if not g["seeds_measured"]:
         text += (f" One seed: training noise is not measured; the interval assumes a seed spread of "
                  f"{v['seed_std']:g} AP (study key seed_std).")
@@ -218,10 +224,6 @@ def _metrics_text(v: dict[str, Any]) -> str:
     return (" Best-vs-best gaps by metric: " + "; ".join(parts) + ".") if parts else ""
 
 
-def _fmt(n: float) -> str:
-    from fromscratch.study.accounting import fmt
-
-    return fmt(n)
 
 
 def gap_tables(vs: list[dict[str, Any]]) -> list[str]:
