@@ -259,6 +259,12 @@ class Dataset:
             recs = [r for r in self.records if r.image_id in keep]
         return Dataset(recs, self.categories, self.source, self.image_root, self.info)
 
+    def head(self, n: int | None) -> Dataset:
+        """The first ``n`` records (all for None or 0): what ``eval.max_images`` evaluates."""
+        if not n:
+            return self
+        return Dataset(self.records[:n], self.categories, self.source, self.image_root, self.info)
+
     @property
     def is_packed(self) -> bool:
         return isinstance(self.records, PackedRecords)

@@ -77,9 +77,7 @@ class EvalHook(HookBase):
         results = predict(tr.model, tr.val_ds, tr.device, cfg.data.num_workers, cfg.eval.max_images, tta_spec(cfg))
         if not comm.is_main():
             return {}
-        n = cfg.eval.max_images
-        ds = tr.val_ds.subset([r.image_id for r in tr.val_ds.records[:n]]) if n else tr.val_ds
-        metrics = evaluate_dataset(ds, results, cfg.model.meta_arch, cfg.eval.backend)
+        metrics = evaluate_dataset(tr.val_ds.head(cfg.eval.max_images), results, cfg.model.meta_arch, cfg.eval.backend)
         atomic_write_text(tr.out / "eval" / f"detections_{iteration:07d}.json", json.dumps(results))
         return metrics
 

@@ -46,8 +46,7 @@ def load_for_inference(cfg: Config, weights: str) -> tuple[torch.nn.Module, list
 def evaluate_checkpoint(cfg: Config, weights: str, out: str | None = None) -> tuple[Path, str]:
     """COCO AP of ``weights`` on ``data.val``; writes detections.json and metrics.json."""
     val = build_dataset(cfg.data, "val")
-    if cfg.eval.max_images:
-        val = val.subset([r.image_id for r in val.records[:cfg.eval.max_images]])
+    val = val.head(cfg.eval.max_images)
     device = comm.pick_device(cfg.train.device)
     model = load_for_inference(cfg, weights)[0].to(device)
     results = predict(model, val, device, cfg.data.num_workers, tta=tta_spec(cfg))

@@ -33,6 +33,7 @@ def validation_gt(plan: dict, study_dir: Path) -> dict | None:
     """The COCO ground truth the runs were evaluated on (data.val, first eval.max_images), or None."""
     from fromscratch.data.build import build_dataset
     from fromscratch.data.coco import dataset_to_coco
+    from fromscratch.evaluation.predict import iou_types_for
     from fromscratch.study.plots import study_config
 
     cfg = study_config(plan, study_dir)
@@ -43,10 +44,9 @@ def validation_gt(plan: dict, study_dir: Path) -> dict | None:
     except Exception as e:  # noqa: BLE001 - the report still works without intervals from images
         logger.warning(f"report: no per-image intervals ({str(e).splitlines()[0]})")
         return None
-    if any(r.difficult is not None for r in val.records):
+    if iou_types_for(val, cfg.model.meta_arch) == ["voc"]:
         return None  # VOC mAP: no per-image COCO matching
-    n = cfg.eval.max_images
-    return dataset_to_coco(val.subset([r.image_id for r in val.records[:n]]) if n else val)
+    return dataset_to_coco(val.head(cfg.eval.max_images))
 
 
 class Evidence:
