@@ -288,7 +288,11 @@ def main() -> None:
     if args.child:
         loader_child(args)
         return
+    measure_and_print(args)
 
+
+def measure_and_print(args: argparse.Namespace) -> None:
+    """Both storages side by side (list first, then packed), one table and the target line."""
     folder = workdir("memory")
     tick = time.perf_counter()
     path = make_json(folder, args.images, args.anns_per_image)
