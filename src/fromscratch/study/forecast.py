@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from fromscratch.study.stats import quantile
+
 # c > 0: saturating curves (the usual shape once a detector learns); c < 0: still accelerating (the slow
 # start of a barely trained detector, where final AP grows faster than the schedule)
 EXPONENTS = np.concatenate([-np.geomspace(0.1, 1.0, 8), np.geomspace(0.2, 2.5, 24)])
@@ -84,12 +86,6 @@ def predict(fits: list, m: float) -> tuple[float, float]:
     return mu, math.sqrt(max(var, 0.0))
 
 
-def _z(level: float) -> float:
-    from scipy.stats import norm
-
-    return float(norm.ppf(0.5 + level / 2))
-
-
 def forecast_arm(points: dict[float, list[float]], schedules: list[float], prior_sd: float,
                  level: float = 0.90) -> list[Forecast]:
     """A forecast at each of ``schedules`` (measured ones get theirs beside); [] with < 2 schedules."""
@@ -99,7 +95,7 @@ def forecast_arm(points: dict[float, list[float]], schedules: list[float], prior
     out = []
     for m in schedules:
         mean, sd = predict(fits, m)
-        lo, hi = mean - _z(level) * sd, mean + _z(level) * sd
+        lo, hi = mean - quantile(level) * sd, mean + quantile(level) * sd
         measured = statistics.fmean(points[m]) if m in points else None
         out.append(Forecast(m, mean, lo, hi, measured))
     return out
@@ -124,7 +120,7 @@ def holdout_error(points: dict[float, list[float]], prior_sd: float, level: floa
     rest = {m: v for m, v in points.items() if m != longest}
     mean, sd = predict(fit(rest, prior_sd), longest)
     noise = noise_sd(rest, prior_sd) ** 2 / len(points[longest])
-    half = _z(level) * math.sqrt(sd * sd + noise)
+    half = quantile(level) * math.sqrt(sd * sd + noise)
     truth = statistics.fmean(points[longest])
     return {"schedule": longest, "forecast": mean, "lo": mean - half, "hi": mean + half, "measured": truth,
             "error": mean - truth, "covered": mean - half <= truth <= mean + half, "from": sorted(rest)}

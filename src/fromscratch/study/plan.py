@@ -10,6 +10,7 @@ instead of re-training from 0, with bit-identical results.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +21,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from fromscratch.config import Config, PretrainConfig, config_from_dict, load_config
 from fromscratch.engine.schedule import make_plan, parse_multiplier
 from fromscratch.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 STAGE = "stage"  # "weights: stage" = the study's own pre-training stage
 
@@ -161,6 +164,25 @@ def arm_overrides(arm: Arm, study_dir: Path) -> dict[str, Any]:
     elif arm.weights:
         out["model.backbone.weights"] = arm.weights
     return out
+
+
+def study_validation(plan: dict, study_dir: Path) -> tuple[Config | None, Any]:
+    """A study's resolved run config (``configs/<run>.yaml``; older study folders: the detector file and
+    the study's overrides) and its validation Dataset, read once for the report; None where they cannot
+    be read (the report then leaves out what needs them, and says so)."""
+    from fromscratch.data.build import build_dataset
+    from fromscratch.errors import FromScratchError
+
+    first = study_dir / "configs" / f"{plan['runs'][0]['name']}.yaml" if plan.get("runs") else None
+    try:
+        cfg = load_config(first) if first is not None and first.exists() else \
+            load_config(plan["detector"], dotted_overrides(plan["study"].get("overrides", {})))
+        val = build_dataset(cfg.data, "val", check_images=False) if cfg.data.val else None
+    except FromScratchError as e:  # the study's detector config or data moved
+        logger.warning(f"report: no validation set, so no predictions figure and no per-image intervals "
+                       f"({str(e).splitlines()[0]})")
+        return None, None
+    return cfg, val
 
 
 def base_config(study: Study, base: Path) -> Config:

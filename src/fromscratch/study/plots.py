@@ -2,7 +2,6 @@
 samples seen, pre-training included) and Fig. 8 (training loss next to val AP per data size)."""
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +9,6 @@ from fromscratch.engine.schedule import parse_multiplier
 from fromscratch.study.accounting import KINDS, total_samples
 
 STYLES = ["-", "--", ":", "-."]
-logger = logging.getLogger(__name__)
 
 
 def _plt() -> Any:
@@ -40,7 +38,8 @@ def _colors(arms: list[str]) -> dict[str, str]:
     return {a: palette[i % len(palette)] for i, a in enumerate(arms)}
 
 
-def plot_all(plan: dict, results: list, out: Path) -> list[str]:
+def plot_all(plan: dict, results: list, out: Path, val: Any = None) -> list[str]:
+    """The report's figures; ``val`` (the validation Dataset, None if unreadable) for the predictions figure."""
     plt = _plt()
     study = plan["study"]
     sizes = [str(s) for s in study["data_sizes"]]
@@ -95,7 +94,7 @@ def plot_all(plan: dict, results: list, out: Path) -> list[str]:
     fig.savefig(out / "loss_and_ap.png", dpi=90)
     plt.close(fig)
     names.append("loss_and_ap.png")
-    fig_name = prediction_figure(plan, results, out)
+    fig_name = prediction_figure(plan, results, out, val) if val is not None else None
     if fig_name:
         names.append(fig_name)
     return names
@@ -108,37 +107,16 @@ def _detections(folder: Path, iteration: int) -> list[dict]:
     return json.loads(path.read_text()) if path.exists() else []
 
 
-def study_config(plan: dict, out: Path) -> Any:
-    """A resolved run config of the study (configs/<run>.yaml; older study folders: the detector file and
-    the study's overrides), for its data.val; None, with a message, when neither can be read."""
-    from fromscratch.config import load_config
-    from fromscratch.errors import FromScratchError
-    from fromscratch.study.plan import dotted_overrides
-
-    first = out / "configs" / f"{plan['runs'][0]['name']}.yaml" if plan.get("runs") else None
-    try:
-        if first is not None and first.exists():
-            return load_config(first)
-        return load_config(plan["detector"], dotted_overrides(plan["study"].get("overrides", {})))
-    except FromScratchError as e:  # the study's detector config moved: the figure needs its data.val
-        logger.warning(f"report: no predictions figure ({str(e).splitlines()[0]})")
-        return None
-
-
-def prediction_figure(plan: dict, results: list, out: Path, n_images: int = 3, score: float = 0.3) -> str | None:
+def prediction_figure(plan: dict, results: list, out: Path, val: Any, n_images: int = 3,
+                      score: float = 0.3) -> str | None:
     """The same val images predicted by each arm at its first and its final evaluation (largest data size):
     what "pre-training converges faster" looks like. Drawn from the runs' saved detections."""
     import numpy as np
 
-    from fromscratch.data.build import build_dataset
     from fromscratch.data.loader import load_image
     from fromscratch.visualize import draw, grid, save_png
 
     study = plan["study"]
-    cfg = study_config(plan, out)
-    if cfg is None or not cfg.data.val:
-        return None
-    val = build_dataset(cfg.data, "val", check_images=False)
     c2l = {c: lab for lab, c in val.label_to_cat_id.items()}
     size = str(study["data_sizes"][0])
     scheds = sorted(study["schedules"], key=parse_multiplier)

@@ -19,6 +19,7 @@ from typing import Any
 from fromscratch.engine.schedule import parse_multiplier
 from fromscratch.study.accounting import KINDS, fmt, pretrain_samples, read_metrics, total_samples
 from fromscratch.study.adaptive import summary_lines
+from fromscratch.study.plan import study_validation
 from fromscratch.study.verdict import gap_tables, verdict_text, verdicts
 from fromscratch.utils import atomic_write_text
 
@@ -152,9 +153,10 @@ def write_report(study_dir: str | Path) -> tuple[Path, list[str]]:
         return write_suite_report(study_dir)
     plan, results = load_results(study_dir)
     table = cells(results)
-    vs = verdicts(plan, table, study_dir)
+    cfg, val = study_validation(plan, study_dir)  # read once: the verdict's bootstrap and the figures
+    vs = verdicts(plan, table, study_dir, cfg, val)
     texts = [verdict_text(v) for v in vs]
-    figs = plot_all(plan, results, study_dir)
+    figs = plot_all(plan, results, study_dir, val)
     if forecast_figure(vs, table, study_dir):
         figs.append("forecast.png")
     done = sum(1 for r in results if r.final)

@@ -47,24 +47,23 @@ class Gap:
         return asdict(self)
 
 
-def _t_quantile(level: float, df: float) -> float:
-    from scipy.stats import t
+def quantile(level: float, df: float = math.inf) -> float:
+    """The two-sided ``level`` quantile of Student's t with ``df`` degrees of freedom (normal when infinite)."""
+    from scipy.stats import norm, t
 
-    return float(t.ppf(0.5 + level / 2, df)) if math.isfinite(df) else float(t.ppf(0.5 + level / 2, 1e9))
+    return float(t.ppf(0.5 + level / 2, df)) if math.isfinite(df) else float(norm.ppf(0.5 + level / 2))
+
+
+def arm_variance(values: list[float], prior_sd: float) -> float:
+    """One arm's seed-to-seed variance of an AP: measured with 2+ seeds, else the prior's."""
+    return statistics.variance(values) if len(values) >= 2 else prior_sd ** 2
 
 
 def seed_part(pre: list[float], scr: list[float], prior_sd: float) -> tuple[float, float, bool]:
     """(variance of the seed-averaged gap from training noise, its degrees of freedom, measured?)."""
-    parts, dfs, measured = [], [], True
-    for values in (pre, scr):
-        n = len(values)
-        if n >= 2:
-            parts.append(statistics.variance(values) / n)
-            dfs.append(n - 1)
-        else:
-            parts.append(prior_sd ** 2 / max(1, n))
-            dfs.append(math.inf)
-            measured = False
+    parts = [arm_variance(v, prior_sd) / max(1, len(v)) for v in (pre, scr)]
+    dfs = [len(v) - 1 if len(v) >= 2 else math.inf for v in (pre, scr)]
+    measured = len(pre) >= 2 and len(scr) >= 2
     var = sum(parts)
     denom = sum(p * p / d for p, d in zip(parts, dfs) if math.isfinite(d))
     return var, (var * var / denom if denom > 0 else math.inf), measured
@@ -85,7 +84,7 @@ def compare(pre: dict[str, list[float]], scr: dict[str, list[float]], pre_m: lis
         var_seed, df_seed, measured = seed_part(pre[key], scr[key], prior_sd)
         var = se_img ** 2 + var_seed
         df = var * var / (var_seed ** 2 / df_seed) if math.isfinite(df_seed) and var_seed > 0 else math.inf
-        half = _t_quantile(level, df) * math.sqrt(var)
+        half = quantile(level, df) * math.sqrt(var)
         n_img = len(pre_m[0].image_ids) if pre_m else 0
         out[f"{metric_prefix}.{key}"] = Gap(f"{metric_prefix}.{key}", gap, gap - half, gap + half, se_img,
                                             boot is not None, math.sqrt(var_seed), measured,

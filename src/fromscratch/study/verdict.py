@@ -7,7 +7,6 @@ Inputs are the run folders only: each run's final metrics and, when kept, its fi
 from __future__ import annotations
 
 import json
-import logging
 import statistics
 from pathlib import Path
 from typing import Any
@@ -16,9 +15,7 @@ from fromscratch.engine.schedule import parse_multiplier
 from fromscratch.evaluation.bootstrap import PerImageMatches, match_per_image
 from fromscratch.study import forecast as fc
 from fromscratch.study.accounting import fmt
-from fromscratch.study.stats import Gap, compare, decide, what_would_decide
-
-logger = logging.getLogger(__name__)
+from fromscratch.study.stats import Gap, arm_variance, compare, decide, what_would_decide
 
 IOU_TYPES = ("bbox", "segm", "keypoints")
 LEVEL = 0.90
@@ -29,20 +26,12 @@ def settings(study: dict) -> tuple[float, float]:
     return float(study.get("margin", study.get("tolerance", 1.0))), float(study.get("seed_std", 1.0))
 
 
-def validation_gt(plan: dict, study_dir: Path) -> dict | None:
+def validation_gt(cfg: Any, val: Any) -> dict | None:
     """The COCO ground truth the runs were evaluated on (data.val, first eval.max_images), or None."""
-    from fromscratch.data.build import build_dataset
     from fromscratch.data.coco import dataset_to_coco
     from fromscratch.evaluation.predict import iou_types_for
-    from fromscratch.study.plots import study_config
 
-    cfg = study_config(plan, study_dir)
-    if cfg is None or not cfg.data.val:
-        return None
-    try:
-        val = build_dataset(cfg.data, "val", check_images=False)
-    except Exception as e:  # noqa: BLE001 - the report still works without intervals from images
-        logger.warning(f"report: no per-image intervals ({str(e).splitlines()[0]})")
+    if cfg is None or val is None:
         return None
     if iou_types_for(val, cfg.model.meta_arch) == ["voc"]:
         return None  # VOC mAP: no per-image COCO matching
@@ -125,16 +114,12 @@ def verdict_for(plan: dict, cells: dict, ev: Evidence, size: str, arm: str, scra
         v["scratch_images"] = statistics.fmean(x["images"] for x in scr[catch].samples)
         v["pretrained_images"] = statistics.fmean(x["images"] for x in pre[bp].samples)
     if v["decision"] == "undecided":
-        var = statistics.fmean([_seed_var(pre[bp].values["bbox.AP"], prior_sd),
-                                _seed_var(scr[bs].values["bbox.AP"], prior_sd)])
+        var = statistics.fmean([arm_variance(pre[bp].values["bbox.AP"], prior_sd),
+                                arm_variance(scr[bs].values["bbox.AP"], prior_sd)])
         remedy = what_would_decide(g, margin, var)
         v["to_decide"], v["seeds_needed"] = remedy.text, remedy.seeds
     v["forecast"] = _forecast_summary(cells, arm, scratch, size, scheds, prior_sd, margin)
     return v
-
-
-def _seed_var(values: list[float], prior_sd: float) -> float:
-    return statistics.variance(values) if len(values) >= 2 else prior_sd ** 2
 
 
 def _forecast_summary(cells: dict, arm: str, scratch: str, size: str, scheds: list[str], prior_sd: float,
@@ -155,13 +140,14 @@ def _forecast_summary(cells: dict, arm: str, scratch: str, size: str, scheds: li
     return out
 
 
-def verdicts(plan: dict, cells: dict, study_dir: Path) -> list[dict[str, Any]]:
-    """Per data size and pre-trained arm (against the arm with no weights)."""
+def verdicts(plan: dict, cells: dict, study_dir: Path, cfg: Any = None, val: Any = None) -> list[dict[str, Any]]:
+    """Per data size and pre-trained arm (against the arm with no weights); ``cfg``/``val``: the study's
+    run config and validation set (plan.study_validation), for the per-image bootstrap."""
     arms = plan["study"]["arms"]
     scratch = next((a["name"] for a in arms if not a.get("weights")), None)
     if scratch is None:
         return []
-    ev = Evidence(study_dir, validation_gt(plan, study_dir))
+    ev = Evidence(study_dir, validation_gt(cfg, val))
     out = []
     for size in [str(s) for s in plan["study"]["data_sizes"]]:
         for arm in [a["name"] for a in arms if a.get("weights")]:
