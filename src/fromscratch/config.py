@@ -172,17 +172,60 @@ class Config(_Strict):
 # ---------------------------------------------------------------------------------- loading
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+# A config or study file is a few hundred values; YAML aliases can make a 1 KB file expand to billions
+# (nine levels of nine references). Files are refused beyond this many values after alias expansion,
+# counted without expanding anything, before any code walks the tree.
+MAX_YAML_VALUES = 100_000
+
+
+def expanded_size(obj: Any, limit: int = MAX_YAML_VALUES) -> int:
+    """How many values ``obj`` holds once every alias is expanded (a shared sub-tree counts each time
+    it is referenced), computed once per distinct object; a tree that contains itself counts as
+    ``limit + 1``."""
+    memo: dict[int, int] = {}
+
+    def size(o: Any) -> int:
+        if not isinstance(o, (dict, list)):
+            return 1
+        if id(o) in memo:
+            return memo[id(o)]
+        memo[id(o)] = limit + 1  # seen again before it is done: the tree contains itself
+        items = [x for kv in o.items() for x in kv] if isinstance(o, dict) else o
+        total = 1
+        for x in items:
+            total += size(x)
+            if total > limit:
+                break
+        memo[id(o)] = min(total, limit + 1)
+        return memo[id(o)]
+
+    return size(obj)
+
+
+def load_yaml(path: Path, what: str = "config file") -> Any:
+    """A YAML file read with ``safe_load``, with every failure a ``ConfigError`` naming the file: syntax
+    (line and column), nesting too deep, or more than ``MAX_YAML_VALUES`` values after aliases."""
     try:
         text = path.read_text()
     except OSError as e:
-        raise ConfigError(f"{path}: cannot read config file ({e.strerror})") from None
+        raise ConfigError(f"{path}: cannot read {what} ({e.strerror})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         pos = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise ConfigError(f"{path}: YAML syntax error{pos}: {getattr(e, 'problem', e)}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: YAML nested too deeply to be a {what}") from None
+    if expanded_size(data) > MAX_YAML_VALUES:
+        raise ConfigError(f"{path}: refused: its YAML aliases (&name / *name) expand to more than "
+                          f"{MAX_YAML_VALUES:,} values, or to a tree that contains itself; a {what} holds a few "
+                          "hundred. Write the values out instead of nesting aliases.")
+    return data
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    data = load_yaml(path)
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -233,6 +276,8 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(text) if text != "" else ""
     except yaml.YAMLError:
         value = text
+    if expanded_size(value) > MAX_YAML_VALUES:
+        raise ConfigError(f"override '{key}': its YAML aliases expand to more than {MAX_YAML_VALUES:,} values")
     return key.strip().split("."), value
 
 
@@ -339,6 +384,42 @@ def _fields_at(loc: list[str]) -> list[str]:
             return []
         model = ann
     return list(model.model_fields)
+
+
+# Keys a resumed run may change (docs/design.md, "Resuming"): its length and LR drops (a longer schedule),
+# how often it logs, evaluates and checkpoints, how it is evaluated, the machine it runs on, and the
+# two switches the divergence message suggests (clip_grad_norm, skip_nonfinite_steps). Any
+# other difference means another experiment, and --resume refuses it. A key ending in ".*" covers a block.
+RESUME_MAY_CHANGE = ("output_dir", "description", "train.schedule", "train.iterations", "train.steps",
+                     "train.log_period", "train.eval_period", "train.checkpoint_period", "train.keep_checkpoints",
+                     "train.checkpoint_at", "train.early_stop_patience", "train.early_stop_min_delta",
+                     "train.early_stop_grace", "train.clip_grad_norm",
+                     "train.skip_nonfinite_steps", "train.threads", "train.device", "train.amp", "data.num_workers",
+                     "data.check_images", "data.pack_records", "eval.*", "pretrain.*", "tracking.*")
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix[:-1]: tree}
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
+    return out
+
+
+def may_change_on_resume(key: str) -> bool:
+    return any(key == k or (k.endswith(".*") and key.startswith(k[:-1])) for k in RESUME_MAY_CHANGE)
+
+
+def config_changes(saved: dict[str, Any], cfg: Config) -> list[tuple[str, Any, Any]]:
+    """(dotted key, saved value, new value) for every key where ``cfg`` differs from a run folder's saved
+    config (a saved tree from an older version is completed with today's defaults)."""
+    try:
+        saved = Config.model_validate(saved).model_dump(mode="json")
+    except ValidationError:
+        pass  # keys this version no longer knows: compare what both have
+    old, new = _flatten(saved), _flatten(cfg.model_dump(mode="json"))
+    return [(k, old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
 
 
 def dump_config(cfg: Config) -> str:

@@ -21,3 +21,13 @@ class DataError(FromScratchError):
 class Stopped(FromScratchError):
     """A run stopped cleanly on SIGTERM/SIGINT after writing a checkpoint."""
 
+
+
+class StorageError(FromScratchError):
+    """A file could not be written (full disk, quota, file-size limit, read-only mount): the message names
+    the file and the cause; what was written before (the previous checkpoint, the complete lines of
+    metrics.jsonl) is intact."""
+
+
+class RunLocked(FromScratchError):
+    """Another live process holds the run or study folder's lock (the message names host, PID, start)."""

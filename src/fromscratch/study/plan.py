@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from fromscratch.config import Config, PretrainConfig, config_from_dict, load_config
+from fromscratch.config import Config, PretrainConfig, config_from_dict, load_config, load_yaml
 from fromscratch.engine.schedule import make_plan, parse_multiplier
 from fromscratch.errors import ConfigError
 
@@ -95,10 +94,7 @@ class Suite(BaseModel):
 def load_suite(path: str | Path) -> tuple[Suite, Path] | None:
     """The suite in ``path``, or None when the file is a single study (no ``parts`` key)."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"{path}: cannot read study file: {e}") from None
+    raw = load_yaml(path, "study file")
     if not isinstance(raw, dict) or "parts" not in raw:
         return None
     try:
@@ -139,10 +135,7 @@ class PlannedRun:
 
 def load_study(path: str | Path) -> tuple[Study, Path]:
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise ConfigError(f"{path}: cannot read study file: {e}") from None
+    raw = load_yaml(path, "study file")
     try:
         study = Study.model_validate(raw)
     except ValidationError as e:
