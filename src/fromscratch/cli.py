@@ -372,6 +372,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # a storage or system fault outside our own writers (their StorageError is above)
+        from fromscratch.utils import WRITE_FAULTS, storage_error
+
+        if e.errno in WRITE_FAULTS:
+            print(f"error: {storage_error(Path(e.filename or '(unnamed file)'), e)}", file=sys.stderr)
+        else:
+            print(f"error: {e.filename or ''}{': ' if e.filename else ''}{e.strerror or e} (errno {e.errno}): a "
+                  "fault of the machine or its storage; fix it and run the same command again", file=sys.stderr)
+        return 2
     except Exception:
         traceback.print_exc()
         print("\nThis is an internal error of fromscratch, not a problem with your data or config: "

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from fromscratch.engine.logging import read_metrics_lines
+from fromscratch.errors import FromScratchError
 from fromscratch.utils import atomic_write_bytes, atomic_write_text, load_weights_only
 
 PATTERN = re.compile(r"^model_(\d{7})\.pth$")
@@ -44,13 +46,34 @@ def checkpoint_path(out_dir: Path, iteration: int) -> Path:
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     buf = io.BytesIO()
     torch.save(state, buf)
-    atomic_write_bytes(Path(path), buf.getvalue())
+    atomic_write_bytes(Path(path), buf.getvalue(), "checkpoint")
 
 
 def list_checkpoints(out_dir: Path) -> list[Path]:
     """Complete checkpoints of a run folder, oldest first (temp files never match)."""
     d = Path(out_dir)
     return sorted(p for p in d.glob("model_*.pth") if PATTERN.match(p.name)) if d.is_dir() else []
+
+
+TRAINING_KEYS = ("model", "optimizer", "iteration", "samples", "rng")
+
+
+def load_newest(out_dir: Path) -> tuple[Path | None, dict[str, Any] | None, list[tuple[Path, str]]]:
+    """(path, contents) of the newest training checkpoint of a run folder that loads, and (path,
+    reason) of each newer one that does not (truncated, corrupted, not a training checkpoint)."""
+    skipped: list[tuple[Path, str]] = []
+    for path in reversed(list_checkpoints(out_dir)):
+        try:
+            state = load_checkpoint(path)
+        except FromScratchError as e:
+            skipped.append((path, str(e)))
+            continue
+        missing = [k for k in TRAINING_KEYS if not isinstance(state, dict) or k not in state]
+        if missing:
+            skipped.append((path, f"not a training checkpoint: no {', '.join(missing)}"))
+            continue
+        return path, state, skipped
+    return None, None, skipped
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -72,5 +95,5 @@ def truncate_metrics(path: Path, iteration: int, writer: bool = True) -> None:
     again when it resumes); ``writer``: this process writes the run's files (rank 0)."""
     if not path.exists() or not writer:
         return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["iteration"] <= iteration]
-    atomic_write_text(path, "".join(ln + "\n" for ln in keep))
+    keep = [ln for ln in read_metrics_lines(path) if ln["iteration"] <= iteration]
+    atomic_write_text(path, "".join(json.dumps(ln) + "\n" for ln in keep), "metrics file")

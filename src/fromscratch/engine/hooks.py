@@ -20,7 +20,7 @@ import torch
 from fromscratch import comm
 from fromscratch.config import Config
 from fromscratch.engine import checkpoint as ckpt
-from fromscratch.engine.logging import MetricLogger
+from fromscratch.engine.logging import MetricLogger, read_metrics_lines
 from fromscratch.errors import FromScratchError, Stopped
 from fromscratch.evaluation.predict import evaluate_dataset, predict
 from fromscratch.evaluation.tta import tta_spec
@@ -108,7 +108,7 @@ class EarlyStopping(HookBase):
         as the uninterrupted run would; one that had already stopped stops again at once."""
         tr = self.trainer
         path = tr.out / "metrics.jsonl"
-        lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+        lines = read_metrics_lines(path)
         for line in (x for x in lines if x["iteration"] <= tr.start_iter):
             if line["type"] == "early_stop":
                 tr.stop_reason = line
@@ -167,7 +167,12 @@ class BestCheckpointer(HookBase):
 
     def before_train(self) -> None:
         path = self.trainer.out / "model_best.pth"
-        self.best = float(ckpt.load_checkpoint(path).get("AP", -1.0)) if self.trainer.resume and path.exists() else -1.0
+        self.best = -1.0
+        if self.trainer.resume and path.exists():
+            try:
+                self.best = float(ckpt.load_checkpoint(path).get("AP", -1.0))
+            except FromScratchError as e:  # truncated: the next evaluation writes it again
+                logger.warning(f"--resume: {path} cannot be loaded ({e}); it is replaced at the next evaluation")
 
     def after_step(self) -> None:
         tr = self.trainer

@@ -6,10 +6,43 @@ eval lines carry every AP number. Both carry the samples seen so far (images, in
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
+
+from fromscratch.errors import FromScratchError
+from fromscratch.utils import append_line
+
+logger = logging.getLogger(__name__)
+
+
+def read_metrics_lines(path: Path) -> list[dict[str, Any]]:
+    """Every line of a metrics.jsonl. A torn last line (a write cut off by a kill or a full disk, before
+    this project's writer cut such writes back) is skipped and named; a bad line anywhere else is a
+    ``FromScratchError`` naming the file and the line."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    text = path.read_text(errors="replace")
+    rows = text.splitlines()
+    out = []
+    for n, row in enumerate(rows, 1):
+        if not row.strip():
+            continue
+        try:
+            obj = json.loads(row)
+            if not isinstance(obj, dict) or "type" not in obj or "iteration" not in obj:
+                raise ValueError("not a metrics line (needs 'type' and 'iteration')")
+        except ValueError as e:
+            if n == len(rows) and not text.endswith("\n"):
+                logger.warning(f"{path}: line {n} is torn (a write was cut off; {len(row)} characters, no end of "
+                               "line): skipped")
+                continue
+            raise FromScratchError(f"{path}: line {n} is not a metrics line ({e}): {row[:80]!r}") from None
+        out.append(obj)
+    return out
 
 
 class MetricLogger:
@@ -17,7 +50,8 @@ class MetricLogger:
         self.enabled, self.period, self.out = enabled, max(1, period), out
         self.window: list[dict[str, float]] = []
         self.times: list[tuple[float, float, int]] = []
-        self.file = open(out / "metrics.jsonl", "a") if enabled else None
+        self.path = out / "metrics.jsonl"
+        self.file = open(self.path, "ab", buffering=0) if enabled else None  # whole lines only: append_line
         self.bar = tqdm(total=total, initial=start, disable=not enabled or None, dynamic_ncols=True, desc="train")
         self.tb = None
         if enabled:
@@ -30,8 +64,7 @@ class MetricLogger:
 
     def _write(self, obj: dict[str, Any]) -> None:
         assert self.file is not None
-        self.file.write(json.dumps(obj) + "\n")
-        self.file.flush()
+        append_line(self.file, self.path, json.dumps(obj), "metrics line")
 
     def step(self, iteration: int, losses: dict[str, float], lr: float, step_time: float, data_time: float,
              batch: int, samples: dict[str, int], last: bool = False) -> None:

@@ -23,17 +23,24 @@ import torch
 from torch import nn
 
 from fromscratch import comm
-from fromscratch.config import Config, dump_config
+from fromscratch.config import (
+    RESUME_MAY_CHANGE,
+    Config,
+    config_changes,
+    dump_config,
+    load_yaml,
+    may_change_on_resume,
+)
 from fromscratch.data.build import build_datasets, build_train_loader
 from fromscratch.engine import checkpoint as ckpt
 from fromscratch.engine.hooks import HookBase, default_hooks
 from fromscratch.engine.optim import build_optimizer
 from fromscratch.engine.schedule import make_plan
-from fromscratch.errors import ConfigError
+from fromscratch.errors import ConfigError, FromScratchError
 from fromscratch.evaluation.predict import ap_table
 from fromscratch.log import setup_logging
 from fromscratch.models.build import build_model
-from fromscratch.utils import atomic_write_text, sha256_prefix
+from fromscratch.utils import FolderLock, atomic_write_text, sha256_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +65,12 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def prepare_output(cfg: Config, resume: bool) -> Path:
-    """Create ``output_dir`` (refusing one that cannot be written, or holds a run unless resuming) and
-    write the resolved config into it first."""
+def prepare_output(cfg: Config, resume: bool) -> tuple[Path, FolderLock | None]:
+    """Create ``output_dir`` (refusing one that cannot be written, or holds a run unless resuming), take
+    its lock (one writer per run folder), check a resumed run's config against the saved one, and
+    write the resolved config into it first. Returns the folder and the lock (rank 0) to release."""
     out = Path(cfg.output_dir)
+    lock = None
     if comm.is_main():
         try:
             out.mkdir(parents=True, exist_ok=True)
@@ -70,12 +79,39 @@ def prepare_output(cfg: Config, resume: bool) -> Path:
             probe.unlink()
         except OSError as e:
             raise ConfigError(f"output_dir {out}: not writable ({e.strerror})") from None
-        if ckpt.list_checkpoints(out) and not resume:
-            raise ConfigError(f"output_dir {out} already holds checkpoints: pass --resume to continue that run, "
-                              "or choose another output_dir")
-        atomic_write_text(out / "config.yaml", dump_config(cfg))
+        lock = FolderLock(out).acquire()
+        try:
+            if ckpt.list_checkpoints(out) and not resume:
+                raise ConfigError(f"output_dir {out} already holds checkpoints: pass --resume to continue that "
+                                  "run, or choose another output_dir")
+            if resume and ckpt.list_checkpoints(out):
+                check_resume_config(out / "config.yaml", cfg)
+            atomic_write_text(out / "config.yaml", dump_config(cfg), "run config")
+        except BaseException:
+            lock.release()
+            raise
     comm.barrier()
-    return out
+    return out, lock
+
+
+def check_resume_config(saved_path: Path, cfg: Config) -> None:
+    """Refuse to resume a run under another config (listing every key that differs from the saved
+    ``config.yaml``), except keys in ``RESUME_MAY_CHANGE``, whose changes are logged."""
+    if not saved_path.exists():
+        logger.warning(f"--resume: {saved_path} is missing; cannot check that the config is the run's")
+        return
+    saved = load_yaml(saved_path, "run config")
+    changes = config_changes(saved if isinstance(saved, dict) else {}, cfg)
+    refused = [c for c in changes if not may_change_on_resume(c[0])]
+    for key, old, new in changes:
+        if may_change_on_resume(key) and key != "output_dir":
+            logger.info(f"--resume: {key} changed from {old!r} to {new!r} (allowed on resume)")
+    if refused:
+        lines = "\n  ".join(f"{k}: {old!r} in the run, {new!r} now" for k, old, new in refused)
+        raise ConfigError(f"--resume {saved_path.parent}: the run was trained with another config; these keys "
+                          f"differ from {saved_path}:\n  {lines}\nResume with the run's values (drop these "
+                          "overrides or edits), or train into a new output_dir. Keys that may change on resume: "
+                          f"{', '.join(RESUME_MAY_CHANGE)}.")
 
 
 def init_line(model: nn.Module) -> str:
@@ -125,7 +161,7 @@ class Trainer:
             raise ConfigError("train.amp=fp16 needs CUDA (GradScaler); use train.amp=bf16 on CPU")
         self.train_ds, self.val_ds = build_datasets(cfg.data)  # every check before any model is built
         self.plan = make_plan(cfg.train, len(self.train_ds.records))
-        self.out = prepare_output(cfg, resume)
+        self.out, self.lock = prepare_output(cfg, resume)
         seed_all(cfg.train.seed)  # same init on every process
         self.model = build_model(cfg, cfg.model.num_classes or self.train_ds.num_classes).to(self.device)
         self._log_init()
@@ -143,8 +179,14 @@ class Trainer:
         self.events: list[dict[str, Any]] = []  # extra metrics.jsonl lines of this step (hooks add them)
         self.stop_reason: dict[str, Any] | None = None  # set by a hook to end the run after this step
         self.step_time = self.data_time = 0.0
-        if resume:
-            self._resume()
+        try:
+            if resume:
+                self._resume()
+            else:  # a fresh run in a folder without checkpoints: lines of an earlier failed try are dropped
+                ckpt.truncate_metrics(self.out / "metrics.jsonl", 0, comm.is_main())
+        except BaseException:
+            self.close()
+            raise
         self.ddp = self._wrap_ddp()
         self.hooks: list[HookBase] = []
         self.register_hooks(default_hooks(cfg) if hooks is None else hooks)
@@ -158,18 +200,39 @@ class Trainer:
             logger.info(rep.summary())
 
     def _resume(self) -> None:
-        found = ckpt.list_checkpoints(self.out)
-        if not found:
+        """Restore the newest checkpoint that loads; an unreadable newer one (truncated by a full disk or
+        a bad copy) is set aside as ``*.corrupt`` with the reason logged, never deleted."""
+        path, state, skipped = ckpt.load_newest(self.out)
+        for bad, why in skipped:
+            if comm.is_main():
+                bad.rename(bad.with_name(bad.name + ".corrupt"))
+            logger.warning(f"--resume: {bad.name} cannot be loaded ({why}); set aside as {bad.name}.corrupt, "
+                           "trying the next older checkpoint")
+        if state is None:
+            if skipped:
+                raise FromScratchError(f"--resume: none of the checkpoints in {self.out} can be loaded "
+                                       f"({', '.join(p.name for p, _ in skipped)}); see the reasons above")
             logger.info(f"--resume: no checkpoint in {self.out}, starting from iteration 0")
+            ckpt.truncate_metrics(self.out / "metrics.jsonl", 0, comm.is_main())
             return
-        state = ckpt.load_checkpoint(found[-1])
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise FromScratchError(f"--resume: {path} does not fit the model of this config: "
+                                   f"{str(e).splitlines()[0]}") from None
         self.start_iter = self.done = int(state["iteration"])
         self.samples = Samples(**state["samples"])
         ckpt.set_rng_state(state["rng"])
         ckpt.truncate_metrics(self.out / "metrics.jsonl", self.start_iter, comm.is_main())
-        logger.info(f"resumed from {found[-1]} at iteration {self.start_iter}")
+        logger.info(f"resumed from {path} at iteration {self.start_iter}" +
+                    (f" (after skipping {len(skipped)} unreadable newer checkpoint(s))" if skipped else ""))
+
+    def close(self) -> None:
+        """Release the run folder's lock (``train()`` does it at its end; call it for a Trainer that is
+        set up but not trained)."""
+        if self.lock is not None:
+            self.lock.release()
 
     def _wrap_ddp(self) -> nn.Module:
         """The module the step calls: DDP around the model when torchrun started several processes."""
@@ -256,7 +319,10 @@ class Trainer:
                     break
                 tic = time.perf_counter()
         finally:
-            self._after_train()
+            try:
+                self._after_train()
+            finally:
+                self.close()
         return {"output_dir": str(self.out), "iterations": self.done, "metrics": self.metrics,
                 "samples": vars(self.samples), "table": ap_table(self.metrics) if self.metrics else ""}
 

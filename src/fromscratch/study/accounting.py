@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from fromscratch.engine.logging import read_metrics_lines
 from fromscratch.study.pretrain import IMAGENET_RECIPE
 
 KINDS = ("images", "instances", "pixels")
@@ -18,10 +19,7 @@ KINDS = ("images", "instances", "pixels")
 
 def read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
     """(train lines, eval lines) of a run folder's metrics.jsonl."""
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return [], []
-    lines = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    lines = read_metrics_lines(run_dir / "metrics.jsonl")
     return [x for x in lines if x["type"] == "train"], [x for x in lines if x["type"] == "eval"]
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from fromscratch.engine.schedule import parse_multiplier
 from fromscratch.study.accounting import KINDS, total_samples
+from fromscratch.utils import save_figure
 
 STYLES = ["-", "--", ":", "-."]
 
@@ -58,7 +59,7 @@ def plot_all(plan: dict, results: list, out: Path, val: Any = None) -> list[str]
         ax.set(title=f"data: {size}", xlabel="iterations", ylabel="bbox AP")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "ap_vs_iterations.png", dpi=90)
+    save_figure(fig, out / "ap_vs_iterations.png")
     plt.close(fig)
     names.append("ap_vs_iterations.png")
 
@@ -73,7 +74,7 @@ def plot_all(plan: dict, results: list, out: Path, val: Any = None) -> list[str]
             ax.set(xscale="log", xlabel=f"{kind} seen", ylabel="bbox AP", title=f"data: {size}")
             ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "ap_vs_samples.png", dpi=90)
+    save_figure(fig, out / "ap_vs_samples.png")
     plt.close(fig)
     names.append("ap_vs_samples.png")
 
@@ -91,7 +92,7 @@ def plot_all(plan: dict, results: list, out: Path, val: Any = None) -> list[str]
         ax.legend(fontsize=7, loc="upper center")
         ax2.legend(fontsize=7, loc="center right")
     fig.tight_layout()
-    fig.savefig(out / "loss_and_ap.png", dpi=90)
+    save_figure(fig, out / "loss_and_ap.png")
     plt.close(fig)
     names.append("loss_and_ap.png")
     fig_name = prediction_figure(plan, results, out, val) if val is not None else None
@@ -169,6 +170,6 @@ def forecast_figure(vs: list[dict], cells: dict, out: Path) -> bool:
         ax.set(title=f"data: {v['size']}", xlabel="schedule (x)", ylabel="final bbox AP", xscale="log")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "forecast.png", dpi=90)
+    save_figure(fig, out / "forecast.png")
     plt.close(fig)
     return True

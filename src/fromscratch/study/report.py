@@ -139,7 +139,7 @@ def write_suite_report(suite_dir: Path) -> tuple[Path, list[str]]:
              "", "## Verdicts", ""]
     lines += [f"- {t}" for t in all_texts] or ["- not enough finished runs for a verdict"]
     path = suite_dir / "report.md"
-    path.write_text("\n".join(lines + [""] + body) + "\n")
+    atomic_write_text(path, "\n".join(lines + [""] + body) + "\n", "report")
     return path, all_texts
 
 
@@ -182,8 +182,8 @@ def write_report(study_dir: str | Path) -> tuple[Path, list[str]]:
         lines += [f"- {r.run['name']}: from {r.branched['from']} at iteration {r.branched['iteration']}"
                   for r in branched]
     path = study_dir / "report.md"
-    path.write_text("\n".join(lines) + "\n")
-    (study_dir / "verdict.json").write_text(json.dumps(vs, indent=1))
+    atomic_write_text(path, "\n".join(lines) + "\n", "report")
+    atomic_write_text(study_dir / "verdict.json", json.dumps(vs, indent=1), "verdict")
     atomic_write_text(study_dir / "cells.json", json.dumps(
         {"|".join(k): {"values": c.values, "seeds": [r["seed"] for r in c.runs]} for k, c in table.items()}, indent=1))
     return path, texts

@@ -31,7 +31,7 @@ from fromscratch.study.plan import (
     part_dir,
     plan_runs,
 )
-from fromscratch.utils import atomic_write_text
+from fromscratch.utils import FolderLock, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +123,11 @@ def run_study(path: str | Path, plan_only: bool = False, output_dir: str | Path 
     study_dir = Path(output_dir or study.output_dir)
     study = study.model_copy(update={"output_dir": str(study_dir)})
     study_dir.mkdir(parents=True, exist_ok=True)
+    with FolderLock(study_dir, "study.lock", "study folder"):  # a study started twice: the second refuses
+        return _run_locked(path, study, base, study_dir, plan_only)
+
+
+def _run_locked(path: str | Path, study: Study, base: Path, study_dir: Path, plan_only: bool) -> Path:
     atomic_write_text(study_dir / "study.yaml", Path(path).read_text())
     cfg = base_config(study, base)
     ids = _train_ids(cfg)
