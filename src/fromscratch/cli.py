@@ -94,7 +94,17 @@ def _add_study_parsers(sub: argparse._SubParsersAction) -> None:
     _add_config_args(pt)
     st = sub.add_parser("study", help="plan and run a study (arms x schedules x data sizes x seeds), then report")
     st.add_argument("study", help="study YAML (see configs/demo.yaml)")
-    st.add_argument("--plan-only", action="store_true", help="write plan.json and subsets, train nothing")
+    st.add_argument("--plan-only", action="store_true",
+                    help="write plan.json and subsets, print the runs and their estimated cost, train nothing")
+    st.add_argument("--step-time", type=float, help="--plan-only: seconds per training iteration to estimate "
+                    "with (e.g. measured on the GPU the study will run on) instead of timing a few steps here")
+    st.add_argument("--no-timing", action="store_true", help="--plan-only: counts only, no time estimate")
+    it = sub.add_parser("init", help="write a commented starter study for your dataset (measured from it)")
+    it.add_argument("dataset", help="training set: COCO json or VOC folder")
+    it.add_argument("--out", required=True, help="the study file to write, e.g. study.yaml")
+    it.add_argument("--val", help="validation set (default: the training file's name with 'train' -> 'val')")
+    it.add_argument("--weights", help="pre-trained trunk weights for the pre-trained arm (a local state dict)")
+    it.add_argument("--output-dir", help="the study's output folder (default: the study file's name)")
     fo = sub.add_parser("forecast", help="final AP forecast at longer schedules from a study's finished ones")
     fo.add_argument("study_dirs", nargs="+", help="study folder(s) (run folders, cells.json or report.md)")
     fo.add_argument("--holdout", action="store_true",
@@ -267,11 +277,15 @@ def cmd_study(args: argparse.Namespace, path: str | None = None) -> int:
     from fromscratch.study.report import write_report
     from fromscratch.study.runner import run_study
 
-    study_dir = run_study(path or args.study, plan_only=getattr(args, "plan_only", False))
-    if getattr(args, "plan_only", False):
-        plans = sorted(study_dir.glob("*/plan.json")) if (study_dir / "suite.json").exists() else \
-            [study_dir / "plan.json"]
-        print("plan written to " + ", ".join(str(p) for p in plans))
+    plan_only = getattr(args, "plan_only", False)
+    study_dir = run_study(path or args.study, plan_only=plan_only, step_time=getattr(args, "step_time", None),
+                          timed=not getattr(args, "no_timing", False))
+    if plan_only:
+        parts = sorted(p.parent for p in study_dir.glob("*/plan.json")) if (study_dir / "suite.json").exists() \
+            else [study_dir]
+        for part in parts:
+            print(f"{part}:\n{(part / 'cost.md').read_text()}")
+        print("plan written to " + ", ".join(str(p / "plan.json") for p in parts))
         return 0
     return _print_report(*write_report(study_dir))
 
@@ -280,6 +294,16 @@ def _print_report(path: Path, verdicts: list[str]) -> int:
     print(f"\nreport: {path}")
     for v in verdicts:
         print(f"- {v}")
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from fromscratch.study.starter import write_starter
+
+    out, m = write_starter(args.dataset, Path(args.out), args.val, args.weights, args.output_dir)
+    print(f"{m.images} training and {m.val_images} validation images, {len(m.categories)} categories, median "
+          f"image {m.short_side:.0f} x {m.long_side:.0f} px, objects {m.object_px[1]:.0f} px (median)")
+    print(f"wrote {out}: read its comments, then\n  fromscratch study {out} --plan-only")
     return 0
 
 
@@ -324,7 +348,7 @@ def cmd_configs(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"configs": cmd_configs, "predict": cmd_predict, "config": cmd_config, "pretrain": cmd_pretrain,
-            "study": cmd_study, "report": cmd_report, "forecast": cmd_forecast,
+            "study": cmd_study, "report": cmd_report, "forecast": cmd_forecast, "init": cmd_init,
             "demo": cmd_demo, "model": cmd_model, "train": cmd_train, "eval": cmd_eval,
             "schedule": cmd_schedule, "data": cmd_data, "validate": cmd_validate}
 

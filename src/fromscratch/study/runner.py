@@ -106,8 +106,11 @@ def execute(run: PlannedRun, cfg: Config, study: Study, study_dir: Path) -> str:
     return f"{run.name}: done"
 
 
-def run_study(path: str | Path, plan_only: bool = False, output_dir: str | Path | None = None) -> Path:
-    """Run a study (or every part of a suite, in order) and return its folder."""
+def run_study(path: str | Path, plan_only: bool = False, output_dir: str | Path | None = None,
+              step_time: float | None = None, timed: bool = True) -> Path:
+    """Run a study (or every part of a suite, in order) and return its folder. ``plan_only``: plan, write
+    subsets and the cost estimate (``cost.md``; ``step_time`` in s per iteration instead of measuring
+    it, or ``timed=False`` for counts only), train nothing."""
     suite = load_suite(path)
     if suite is not None:
         s, base = suite
@@ -117,17 +120,18 @@ def run_study(path: str | Path, plan_only: bool = False, output_dir: str | Path 
                                                           "parts": [Path(p).stem for p in s.parts]}, indent=1))
         for part in s.parts:
             logger.info(f"suite {path}: part {part}")
-            run_study(base / part, plan_only, part_dir(s, part))
+            run_study(base / part, plan_only, part_dir(s, part), step_time, timed)
         return out
     study, base = load_study(path)
     study_dir = Path(output_dir or study.output_dir)
     study = study.model_copy(update={"output_dir": str(study_dir)})
     study_dir.mkdir(parents=True, exist_ok=True)
     with FolderLock(study_dir, "study.lock", "study folder"):  # a study started twice: the second refuses
-        return _run_locked(path, study, base, study_dir, plan_only)
+        return _run_locked(path, study, base, study_dir, plan_only, step_time, timed)
 
 
-def _run_locked(path: str | Path, study: Study, base: Path, study_dir: Path, plan_only: bool) -> Path:
+def _run_locked(path: str | Path, study: Study, base: Path, study_dir: Path, plan_only: bool,
+                step_time: float | None, timed: bool) -> Path:
     atomic_write_text(study_dir / "study.yaml", Path(path).read_text())
     cfg = base_config(study, base)
     ids = _train_ids(cfg)
@@ -144,6 +148,9 @@ def _run_locked(path: str | Path, study: Study, base: Path, study_dir: Path, pla
                                                             "train_size": len(ids),
                                                             "runs": [asdict(r) for r in runs]}, indent=1))
     if plan_only:
+        from fromscratch.study.cost import plan_cost
+
+        plan_cost(study_dir, runs, configs, planned, step_time, timed)
         return study_dir
     run_pretrain_stage(study, cfg, study_dir)
     if study.adaptive:
