@@ -9,7 +9,7 @@ STAMP := $(VENV)/.fromscratch-installed
 DATA ?= data
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast lint data install fashion-mnist-source bench clean-data
+.PHONY: demo test test-fast lint data install fashion-mnist-source slurm bench clean-data
 
 install: $(STAMP)
 
@@ -26,6 +26,16 @@ fashion-mnist-source:
 	  (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null); \
 	else echo "Fashion-MNIST missing: run 'sudo apt-get install dataset-fashion-mnist' or set FASHION_MNIST_DIR"; exit 1; fi
 
+# Debian's slurm-wlm and munge for the SLURM tests (tests/slurm_cluster.py starts a one-node cluster on
+# 127.0.0.1); where they cannot be installed (not root, no apt-get) those tests are skipped with the reason.
+slurm:
+	@if command -v slurmctld >/dev/null || [ -x /usr/sbin/slurmctld ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get install -y -q slurm-wlm munge >/dev/null 2>&1 || \
+	  (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q slurm-wlm munge >/dev/null 2>&1) || \
+	  echo "slurm-wlm could not be installed: the SLURM tests will be skipped"; \
+	else echo "slurm-wlm missing (needs root and apt-get): the SLURM tests will be skipped"; fi
+
 $(DATA)/trees/train.json: | $(STAMP)
 	$(PY) -m fromscratch data prepare trees --out $(DATA)
 
@@ -41,7 +51,7 @@ data: $(DATA)/trees/train.json $(DATA)/fashion-mnist/train.npz $(DATA)/fashion-s
 lint: install
 	$(VENV)/bin/ruff check .
 
-test: lint data
+test: lint data slurm
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-fast: lint data

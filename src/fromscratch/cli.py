@@ -69,6 +69,9 @@ def _add_run_parsers(sub: argparse._SubParsersAction) -> None:
     tr = sub.add_parser("train", help="train a detector (one run = one folder)")
     _add_config_args(tr)
     tr.add_argument("--resume", action="store_true", help="continue from the last checkpoint of output_dir")
+    tr.add_argument("--slurm", action="store_true", help="submit the run as a SLURM job (settings: the config's "
+                    "slurm block; submitit), after checking the config and data here; the job resumes after a "
+                    "requeue")
     tr.add_argument("--nproc", type=int, default=1,
                     help="processes on this machine (torchrun, gloo on CPU, NCCL on GPUs), the batch split between "
                          "them; on CPU each gets cores/nproc threads (pays on a busy machine, not on a quiet one: "
@@ -84,6 +87,23 @@ def _add_run_parsers(sub: argparse._SubParsersAction) -> None:
     pr.add_argument("--out", required=True, help="output folder")
     pr.add_argument("--score-thresh", type=float, default=0.5)
     pr.add_argument("--set", dest="overrides", nargs="*", default=[], help="config overrides, e.g. data.test_scale=800")
+    xp = sub.add_parser("export", help="a trained detector as one ONNX or TorchScript file (boxes, labels, "
+                        "scores, masks, keypoints)", description="Export a checkpoint as one file that runs without "
+                        "fromscratch. Input: ONE image, float32 (3, H, W), RGB, values in [0, 1] (uint8 / 255), any "
+                        "height and width (resized to data.test_scale inside). Outputs, in the input's pixels: "
+                        "boxes (N, 4) x0 y0 x1 y1, labels (N,) 1-based, scores (N,); Mask R-CNN: masks (N, 1, H, W) "
+                        "probabilities; Keypoint R-CNN: keypoints (N, K, 3), keypoints_scores (N, K). Class names "
+                        "and these details are written to FILE.json. Traced (torch.jit.trace; ONNX: the "
+                        "TorchScript-based exporter, opset 17); test-time augmentation is not exported.")
+    xp.add_argument("checkpoint", help="a run folder's model_*.pth (its config.yaml is read), or weights with --config")
+    xp.add_argument("overrides", nargs="*", help="config overrides, e.g. model.roi.score_thresh=0.3 "
+                    "data.test_scale=800 (baked into the file)")
+    xp.add_argument("--format", required=True, choices=("onnx", "torchscript"))
+    xp.add_argument("--out", help="output file (default: beside the checkpoint, model_N.onnx or "
+                    "model_N.torchscript.pt)")
+    xp.add_argument("--config", help="the model's config (default: config.yaml beside the checkpoint)")
+    xp.add_argument("--no-check", action="store_true", help="skip running the file once against PyTorch on two "
+                    "image sizes (ONNX: needs onnxruntime, pip install 'fromscratch[export]')")
     sc = sub.add_parser("schedule", help="print the schedule plan: iterations, LR drops, epochs, samples")
     _add_config_args(sc)
     sc.add_argument("--dataset-size", type=int, help="training images (default: count data.train)")
@@ -99,6 +119,10 @@ def _add_study_parsers(sub: argparse._SubParsersAction) -> None:
     st.add_argument("--step-time", type=float, help="--plan-only: seconds per training iteration to estimate "
                     "with (e.g. measured on the GPU the study will run on) instead of timing a few steps here")
     st.add_argument("--no-timing", action="store_true", help="--plan-only: counts only, no time estimate")
+    st.add_argument("--status", action="store_true", help="each run's state (done, running with ETA, pending, "
+                    "failed with its log's last lines), from the run folders and the SLURM queue")
+    st.add_argument("--cancel", action="store_true", help="executor: slurm: cancel the study's queued jobs")
+    st.add_argument("--no-wait", action="store_true", help="executor: slurm: submit the jobs and return")
     it = sub.add_parser("init", help="write a commented starter study for your dataset (measured from it)")
     it.add_argument("dataset", help="training set: COCO json or VOC folder")
     it.add_argument("--out", required=True, help="the study file to write, e.g. study.yaml")
@@ -217,7 +241,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError(f"--nproc {args.nproc}: needs at least 1 process")
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         return launch_local(args)
-    result = train(load_config(args.config, args.overrides), resume=args.resume)
+    if args.slurm:
+        return _submit_train(args)
+    from fromscratch.engine.trackers import require_trackers
+
+    cfg = load_config(args.config, args.overrides)
+    require_trackers(cfg.tracking)  # an enabled tracker's missing package: refused before any data is read
+    result = train(cfg, resume=args.resume)
     from fromscratch.log import process_rank
 
     if process_rank() != 0:  # under torchrun: rank 0 reports
@@ -227,6 +257,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"samples seen: {s['images']:,} images, {s['instances']:,} instances, {s['pixels']:.3g} pixels")
     if result["table"]:
         print(result["table"])
+    return 0
+
+
+def _submit_train(args: argparse.Namespace) -> int:
+    from fromscratch.config import load_config
+    from fromscratch.data.build import build_datasets
+    from fromscratch.engine.checkpoint import list_checkpoints
+    from fromscratch.errors import ConfigError
+    from fromscratch.study.slurm import submit_train
+
+    cfg = load_config(args.config, args.overrides)
+    build_datasets(cfg.data)  # every data check before the job waits in the queue
+    if list_checkpoints(Path(cfg.output_dir)) and not args.resume:
+        raise ConfigError(f"output_dir {cfg.output_dir} already holds checkpoints: pass --resume to continue that "
+                          "run, or choose another output_dir")
+    jid = submit_train(cfg, Path(args.config))
+    print(f"submitted job {jid}: {cfg.output_dir} (log: {Path(cfg.output_dir) / 'slurm'}/{jid}_0_log.out); "
+          f"cancel with scancel {jid}")
     return 0
 
 
@@ -251,6 +299,38 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from fromscratch.config import load_config
+    from fromscratch.engine.export import default_out, export_model, run_config, self_check
+    from fromscratch.errors import FromScratchError
+
+    config = args.config or run_config(args.checkpoint)
+    if not Path(args.checkpoint).is_file():
+        raise FromScratchError(f"{args.checkpoint}: no such checkpoint file")
+    out = Path(args.out) if args.out else default_out(args.checkpoint, args.format)
+    if out.resolve() == Path(args.checkpoint).resolve():
+        raise FromScratchError(f"--out {out}: that is the checkpoint itself")
+    cfg = load_config(config, args.overrides)
+    r = export_model(cfg, args.checkpoint, args.format, out)
+    print(f"exported {r['meta_arch']} ({len(r['class_names'])} classes) as {r['format']} to {out} "
+          f"({r['bytes'] / 1e6:.1f} MB, {r['seconds']:.1f} s); description: {out}.json")
+    print(f"input: {r['input']}; outputs: {', '.join(r['outputs'])}")
+    if not args.no_check:
+        try:
+            c = self_check(cfg, args.checkpoint, out)
+        except AssertionError as e:
+            print(f"check FAILED: the exported file's detections differ from PyTorch's: {e}", file=sys.stderr)
+            return 1
+        if c is None:
+            print("not checked: onnxruntime is not installed (pip install 'fromscratch[export]')")
+        else:
+            sizes = ", ".join(f"{h}x{w}" for h, w in c["sizes"])
+            diffs = ", ".join(f"{k} {v:.1e}" for k, v in c["max_diff"].items() if k != "labels")
+            print(f"checked against PyTorch on two noise images ({sizes} px, {c['detections']} detections): "
+                  f"largest differences {diffs}")
+    return 0
+
+
 def cmd_schedule(args: argparse.Namespace) -> int:
     from fromscratch.config import load_config
     from fromscratch.data.build import train_stats
@@ -267,8 +347,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from fromscratch.study.pretrain import pretrain
 
     r = pretrain(load_config(args.config, args.overrides))
-    print(f"pre-trained {r['backbone']} ({r['norm']}) on {r['source']}: {r['images']:,} images at "
-          f"{r['image_size']} px, {r['epochs']:.2f} epochs, {r['wall_time_s']} s; held-out top-1 {r['val_top1']}")
+    check = (f"k-NN top-1 on val object crops {r['knn_top1']:.3f} (random init {r['knn_top1_random_init']:.3f})"
+             if r.get("knn_top1") is not None else f"held-out top-1 {r['val_top1']}")
+    print(f"pre-trained {r['backbone']} ({r['norm']}) {r.get('method', 'supervised')} on {r['source']}: "
+          f"{r['images']:,} images at {r['image_size']} px, {r['epochs']:.2f} epochs, {r['wall_time_s']} s; {check}")
     print(f"trunk weights: {r['output']}/backbone.pth (use as model.backbone.weights)")
     return 0
 
@@ -277,9 +359,14 @@ def cmd_study(args: argparse.Namespace, path: str | None = None) -> int:
     from fromscratch.study.report import write_report
     from fromscratch.study.runner import run_study
 
+    if getattr(args, "status", False) or getattr(args, "cancel", False):
+        return _study_status(args)
     plan_only = getattr(args, "plan_only", False)
     study_dir = run_study(path or args.study, plan_only=plan_only, step_time=getattr(args, "step_time", None),
-                          timed=not getattr(args, "no_timing", False))
+                          timed=not getattr(args, "no_timing", False), wait=not getattr(args, "no_wait", False))
+    if getattr(args, "no_wait", False) and not plan_only:
+        print(f"jobs submitted; watch them with: fromscratch study {args.study} --status")
+        return 0
     if plan_only:
         parts = sorted(p.parent for p in study_dir.glob("*/plan.json")) if (study_dir / "suite.json").exists() \
             else [study_dir]
@@ -288,6 +375,32 @@ def cmd_study(args: argparse.Namespace, path: str | None = None) -> int:
         print("plan written to " + ", ".join(str(p / "plan.json") for p in parts))
         return 0
     return _print_report(*write_report(study_dir))
+
+
+def _study_status(args: argparse.Namespace) -> int:
+    from fromscratch.errors import FromScratchError
+    from fromscratch.study.plan import load_study, load_suite
+
+    suite = load_suite(args.study)
+    if suite is not None:
+        from fromscratch.study.plan import part_dir
+
+        dirs = [part_dir(suite[0], p) for p in suite[0].parts]
+    else:
+        dirs = [Path(load_study(args.study)[0].output_dir)]
+    for d in dirs:
+        if not (d / "plan.json").exists():
+            raise FromScratchError(f"{d}: no plan.json: the study was never started (fromscratch study {args.study})")
+        if args.cancel:
+            from fromscratch.study.slurm import cancel
+
+            ids = cancel(d)
+            print(f"{d}: cancelled {len(ids)} job(s)" + (f": {' '.join(ids)}" if ids else ""))
+        else:
+            from fromscratch.study.status import status_lines
+
+            print("\n".join(status_lines(d)))
+    return 0
 
 
 def _print_report(path: Path, verdicts: list[str]) -> int:
@@ -350,7 +463,7 @@ def cmd_configs(args: argparse.Namespace) -> int:
 COMMANDS = {"configs": cmd_configs, "predict": cmd_predict, "config": cmd_config, "pretrain": cmd_pretrain,
             "study": cmd_study, "report": cmd_report, "forecast": cmd_forecast, "init": cmd_init,
             "demo": cmd_demo, "model": cmd_model, "train": cmd_train, "eval": cmd_eval,
-            "schedule": cmd_schedule, "data": cmd_data, "validate": cmd_validate}
+            "schedule": cmd_schedule, "data": cmd_data, "validate": cmd_validate, "export": cmd_export}
 
 
 OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*=")

@@ -140,10 +140,15 @@ class EvalConfig(_Strict):
 
 
 class PretrainConfig(_Strict):
-    """The classification pre-training stage (the paper's "ImageNet" stage, at our scale)."""
+    """The pre-training stage: classification (the paper's "ImageNet" stage, at our scale), or
+    self-supervised on unlabeled images (study/ssl.py)."""
 
-    source: str = "fashion-mnist"  # or an ImageNet-style folder with train/<class>/*.jpg
+    method: Literal["supervised", "simclr", "byol"] = "supervised"
+    # supervised: "fashion-mnist" or an ImageNet-style folder with train/<class>/*.jpg; simclr/byol:
+    # "data.train" (the run's training images, labels ignored) or a folder of unlabeled images
+    source: str = "fashion-mnist"
     image_size: int = 32
+    min_scale: float = 0.08  # simclr/byol: smallest random crop, as a fraction of the image's area
     epochs: float = 1.0
     max_images: int | None = None  # a seeded subset of the source's training images
     val_images: int = 2000  # held out from the source's train split for top-1
@@ -155,8 +160,55 @@ class PretrainConfig(_Strict):
     output: str = "runs/pretrain"
 
 
+class MLflowConfig(_Strict):
+    enabled: bool = False
+    tracking_uri: str | None = None  # None: MLflow's default (MLFLOW_TRACKING_URI, else a local store)
+    experiment: str = "fromscratch"
+    run_name: str | None = None  # None: the output_dir's folder name (a study's run name)
+
+
+class WandbConfig(_Strict):
+    enabled: bool = False
+    project: str = "fromscratch"
+    entity: str | None = None
+    mode: Literal["offline", "online"] = "offline"  # offline: files only; `wandb sync` uploads them later
+    dir: str | None = None  # None: the run folder (W&B writes its wandb/ subfolder there)
+    run_name: str | None = None  # None: the output_dir's folder name
+
+
+class TrackingConfig(_Strict):
+    """Experiment trackers (engine/trackers.py) beside metrics.jsonl and TensorBoard, each an extra
+    (``pip install -e '.[mlflow]'``, ``'.[wandb]'``); nothing of theirs is imported while off."""
+
+    mlflow: MLflowConfig = MLflowConfig()
+    wandb: WandbConfig = WandbConfig()
+    tags: dict[str, str | int | float | bool] = {}  # a study's runs get study, arm, size, schedule, seed
+
+
 def has_masks(meta_arch: str) -> bool:
     return meta_arch in ("mask_rcnn", "cascade_mask_rcnn")
+
+
+class SlurmConfig(_Strict):
+    """One SLURM job per run (submitit): what ``fromscratch train --slurm`` and a study with
+    ``executor: slurm`` ask the scheduler for. One task per GPU (``tasks_per_node`` = ``gpus_per_node``),
+    each a training process; rendezvous from the SLURM environment (the first node is the master)."""
+
+    partition: str | None = None
+    nodes: int = 1
+    gpus_per_node: int = 0  # 0: a CPU job
+    tasks_per_node: int | None = None  # default: gpus_per_node, or 1 on CPU
+    cpus_per_task: int = 1
+    mem_gb: float | None = None  # None: the partition's default
+    time_min: int = 1440  # the job's time limit; a run that hits it is checkpointed and requeued
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    extra_sbatch: list[str] = []  # more #SBATCH options, e.g. ["--exclusive", "--reservation=detection"]
+    setup: list[str] = []  # shell lines run before the job (module load ..., source venv/bin/activate)
+    signal_delay_s: int = 120  # SIGUSR2 this long before the time limit: checkpoint, then requeue
+    max_requeues: int = 10  # time-outs and preemptions a run may be requeued after
+    poll_s: float = 30.0  # how often a waiting study looks at the queue
 
 
 class Config(_Strict):
@@ -165,6 +217,8 @@ class Config(_Strict):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    slurm: SlurmConfig = SlurmConfig()
     output_dir: str = "runs/default"
     description: str = ""
 
@@ -395,7 +449,7 @@ RESUME_MAY_CHANGE = ("output_dir", "description", "train.schedule", "train.itera
                      "train.checkpoint_at", "train.early_stop_patience", "train.early_stop_min_delta",
                      "train.early_stop_grace", "train.clip_grad_norm",
                      "train.skip_nonfinite_steps", "train.threads", "train.device", "train.amp", "data.num_workers",
-                     "data.check_images", "data.pack_records", "eval.*", "pretrain.*", "tracking.*")
+                     "data.check_images", "data.pack_records", "eval.*", "pretrain.*", "tracking.*", "slurm.*")
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """Drawing: boxes, translucent masks (one colour per instance), keypoints with skeleton, class names,
-crowd regions marked. One module for `data show`, `predict` and the study report's figure."""
+crowd regions marked (boxes and masks by torchvision.utils). One module for `data show`, `predict` and
+the study report's figure."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -21,34 +22,49 @@ def colour(i: int) -> tuple[int, int, int]:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
+def _caption(i: int, labels: Sequence[int] | None, class_names: Sequence[str] | None,
+             scores: Sequence[float] | None, is_crowd: bool) -> str:
+    text = ""
+    if labels is not None:
+        lab = int(labels[i])
+        text = class_names[lab - 1] if class_names and 0 < lab <= len(class_names) else str(lab)
+    if scores is not None:
+        text += f" {float(scores[i]):.2f}"
+    if is_crowd:
+        text += " crowd"
+    return text.strip()
+
+
 def draw(image: np.ndarray, boxes: np.ndarray, labels: Sequence[int] | None = None,
          class_names: Sequence[str] | None = None, scores: Sequence[float] | None = None,
          masks: np.ndarray | None = None, keypoints: np.ndarray | None = None,
          skeleton: Sequence[Sequence[int]] | None = None, crowd: Sequence[bool] | None = None) -> np.ndarray:
-    """Return a copy of ``image`` (H, W, 3 uint8) with the instances drawn; labels are 1-based."""
-    out = image.astype(np.float32).copy()
+    """Return a copy of ``image`` (H, W, 3 uint8) with the instances drawn; labels are 1-based.
+
+    Masks and boxes: torchvision.utils' draw_segmentation_masks and draw_bounding_boxes (where masks
+    overlap, torchvision tints the overlap black). Captions and keypoints by hand: draw_bounding_boxes
+    puts its labels 2 px further into the box, over more of the object, and draw_keypoints takes one
+    colour per call and draws every skeleton line white, over the points; here each instance's skeleton
+    and points have its colour, points on top."""
+    import torch
+    from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
+
     n = len(boxes)
-    if masks is not None:
-        for i in range(n):
-            m = masks[i].astype(bool)
-            out[m] = out[m] * (1 - MASK_ALPHA) + np.array(colour(i), np.float32) * MASK_ALPHA
-    pil = Image.fromarray(out.clip(0, 255).astype(np.uint8))
+    out = torch.from_numpy(np.ascontiguousarray(image, dtype=np.uint8)).permute(2, 0, 1)
+    if masks is not None and n:  # both warn and draw nothing on an empty prediction: not called then
+        m = torch.from_numpy(np.asarray(masks[:n]).astype(bool))
+        out = draw_segmentation_masks(out, m, alpha=MASK_ALPHA, colors=[colour(i) for i in range(n)])
+    is_crowd = [bool(crowd[i]) if crowd is not None else False for i in range(n)]
+    cols = [CROWD_COLOUR if is_crowd[i] else colour(i) for i in range(n)]
+    if n:
+        out = draw_bounding_boxes(out, torch.as_tensor(np.asarray(boxes, dtype=np.float32).reshape(n, 4)),
+                                  colors=cols, width=2)
+    pil = Image.fromarray(out.permute(1, 2, 0).numpy())
     d = ImageDraw.Draw(pil)
-    for i in range(n):
-        is_crowd = bool(crowd[i]) if crowd is not None else False
-        col = CROWD_COLOUR if is_crowd else colour(i)
-        x0, y0, x1, y1 = (float(v) for v in boxes[i])
-        d.rectangle([x0, y0, x1, y1], outline=col, width=2)
-        text = ""
-        if labels is not None:
-            lab = int(labels[i])
-            text = class_names[lab - 1] if class_names and 0 < lab <= len(class_names) else str(lab)
-        if scores is not None:
-            text += f" {float(scores[i]):.2f}"
-        if is_crowd:
-            text = (text + " crowd").strip()
+    for i in range(n):  # captions at the box corner (draw_bounding_boxes: 3 px into the box, see above)
+        text = _caption(i, labels, class_names, scores, is_crowd[i])
         if text:
-            d.text((x0 + 2, y0 + 1), text, fill=col)
+            d.text((float(boxes[i][0]) + 2, float(boxes[i][1]) + 1), text, fill=cols[i])
     if keypoints is not None:
         for i in range(n):
             kp = keypoints[i]

@@ -3,8 +3,9 @@
 Each hook gets ``self.trainer`` when registered and may act at ``before_train``, ``before_step``,
 ``after_forward`` (return False to skip this step's update), ``after_step`` and ``after_train``
 (always called, also when the loop stops on an exception). ``default_hooks`` gives the order that
-``fromscratch train`` runs them in: evaluate, decide an early stop, write metrics, keep the best model,
-checkpoint, then honour a stop signal, so a checkpoint never precedes the metrics lines it covers.
+``fromscratch train`` runs them in: evaluate, decide an early stop, write metrics (then results.csv and the
+trackers of engine/trackers.py, which read them), keep the best model, checkpoint, then honour a stop
+signal, so a checkpoint never precedes the metrics lines it covers.
 """
 from __future__ import annotations
 
@@ -198,17 +199,24 @@ class PeriodicCheckpointer(HookBase):
 
 class StopOnSignal(HookBase):
     """SIGTERM / SIGINT (a scheduler's preemption, Ctrl-C) set a flag; at the end of the iteration the
-    run checkpoints and stops (exit 130 from the CLI) with the command that resumes it. Across
-    processes the flag is all-reduced, so every rank stops at the same iteration."""
+    run checkpoints and stops (exit 130 from the CLI) with the command that resumes it. SIGUSR2 (what a
+    SLURM job launched through submitit gets before its time limit or on preemption) does the same,
+    then hands the signal to the handler that was there before: submitit's requeues the job, which
+    resumes from that checkpoint. Across processes the flag is all-reduced, so every rank stops at the
+    same iteration."""
+
+    SIGNALS = tuple(s for s in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGUSR2", None)) if s is not None)
 
     def before_train(self) -> None:
         self.flag = False
+        self.received: int | None = None
         self.previous: dict = {}
         if threading.current_thread() is threading.main_thread():  # handlers can only be set there
-            self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.flag = True
+        self.received = self.received or signum
 
     def requested(self) -> bool:
         if not comm.is_dist():
@@ -222,11 +230,17 @@ class StopOnSignal(HookBase):
         if tr.is_last or not self.requested():
             return
         path = ckpt.checkpoint_path(tr.out, tr.done) if tr.last_saved == tr.done else tr.save(tr.done)
+        then = self.previous.get(getattr(signal, "SIGUSR2", None)) if self.received == getattr(signal, "SIGUSR2", -1) \
+            else None
+        if callable(then):  # submitit's handler: requeue the job and exit (it returns on ranks > 0)
+            logger.info(f"SIGUSR2: checkpoint {path} written; handing over to the job's requeue handler")
+            self.after_train()
+            then(self.received, None)
         raise Stopped(f"stopped by signal at iteration {tr.done}; checkpoint {path}. Resume with: "
                       f"fromscratch train <config> [overrides] --resume  (output_dir={tr.out})")
 
     def after_train(self) -> None:
-        for s, h in self.previous.items():
+        for s, h in getattr(self, "previous", {}).items():  # none set when an earlier before_train failed
             signal.signal(s, h)
 
 
@@ -255,6 +269,8 @@ def default_hooks(cfg: Config) -> list[HookBase]:
     t = cfg.train
     early = [EarlyStopping(t.early_stop_patience, t.early_stop_min_delta, t.early_stop_grace)] \
         if t.early_stop_patience else []
-    return [DivergenceGuard(), EvalHook(t.eval_period), *early, MetricsWriter(), BestCheckpointer(),
-            PeriodicCheckpointer(), StopOnSignal()]
+    from fromscratch.engine.trackers import ResultsCsv, tracker_hooks  # they import HookBase from here
+
+    return [DivergenceGuard(), EvalHook(t.eval_period), *early, MetricsWriter(), ResultsCsv(), *tracker_hooks(cfg),
+            BestCheckpointer(), PeriodicCheckpointer(), StopOnSignal()]
 

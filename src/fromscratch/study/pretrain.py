@@ -131,8 +131,13 @@ def _batches(cfg: Config) -> tuple[Any, Any, int, int]:
 
 
 def pretrain(cfg: Config) -> dict[str, Any]:
-    """Train, then write backbone.pth and accounting.json under ``cfg.pretrain.output``."""
+    """Train, then write backbone.pth and accounting.json under ``cfg.pretrain.output``
+    (``pretrain.method`` simclr/byol: study/ssl.py)."""
     p = cfg.pretrain
+    if p.method != "supervised":
+        from fromscratch.study.ssl import pretrain_ssl
+
+        return pretrain_ssl(cfg)
     torch.manual_seed(p.seed)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)

@@ -67,6 +67,24 @@ class Cell:
         return f"{self.mean(key):.1f}" + (f" ± {self.std(key):.1f}" if len(v) > 1 else "")
 
 
+def stage_lines(study_dir: Path) -> list[str]:
+    """The pre-training stages the study ran: method, images, epochs, time, and their quality check
+    (held-out top-1 of the classifier; k-NN top-1 on object crops for a self-supervised stage)."""
+    out = []
+    for path in sorted(study_dir.glob("pretrain*/accounting.json")):
+        a = json.loads(path.read_text())
+        if a.get("knn_top1") is not None:
+            check = f"k-NN top-1 on val object crops {a['knn_top1']:.3f} (random init {a['knn_top1_random_init']:.3f})"
+        elif a.get("val_top1") is not None:
+            check = f"held-out top-1 {a['val_top1']:.3f}"
+        else:
+            check = "no quality check (no labels)"
+        n = f"{a['unlabeled_images']} unlabeled images, " if "unlabeled_images" in a else ""
+        out.append(f"- `{path.parent.name}`: {a.get('method', 'supervised')} on {a['source']}, {n}{fmt(a['images'])} "
+                   f"images seen ({a['epochs']:.2f} epochs at {a['image_size']} px) in {a['wall_time_s']} s; {check}")
+    return ["", "## Pre-training stages", ""] + out if out else []
+
+
 def load_results(study_dir: Path) -> tuple[dict, list[RunResult]]:
     plan = json.loads((study_dir / "plan.json").read_text())
     weights = {a["name"]: a.get("weights") for a in plan["study"]["arms"]}
@@ -77,7 +95,8 @@ def load_results(study_dir: Path) -> tuple[dict, list[RunResult]]:
         branch = json.loads((folder / "branch.json").read_text()) if (folder / "branch.json").exists() else None
         early = json.loads((folder / "early_stopped.json").read_text()) \
             if (folder / "early_stopped.json").exists() else None
-        results.append(RunResult(r, train, evals, pretrain_samples(weights[r["arm"]], study_dir), branch, early))
+        pre = pretrain_samples(weights[r["arm"]], study_dir, r["arm"])
+        results.append(RunResult(r, train, evals, pre, branch, early))
     return plan, results
 
 
@@ -175,6 +194,7 @@ def write_report(study_dir: str | Path) -> tuple[Path, list[str]]:
         if pre:
             est = " (estimate from the published recipe)" if pre.get("estimate") else ""
             lines.append(f"- {a['name']}: " + ", ".join(f"{fmt(pre[k])} {k}" for k in KINDS) + est)
+    lines += stage_lines(study_dir)
     branched = [r for r in results if r.branched]
     if branched:
         lines += ["", "## Shared prefixes", "", "These runs started from a shorter schedule's checkpoint at its first "
@@ -186,4 +206,8 @@ def write_report(study_dir: str | Path) -> tuple[Path, list[str]]:
     atomic_write_text(study_dir / "verdict.json", json.dumps(vs, indent=1), "verdict")
     atomic_write_text(study_dir / "cells.json", json.dumps(
         {"|".join(k): {"values": c.values, "seeds": [r["seed"] for r in c.runs]} for k, c in table.items()}, indent=1))
+    if cfg is not None:  # tracking on in the study's config: the report's files as a tracker run's artifacts
+        from fromscratch.engine.trackers import log_report
+
+        log_report(cfg.tracking, study_dir, [path, study_dir / "verdict.json", *(study_dir / f for f in figs)])
     return path, texts

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -21,7 +22,6 @@ from fromscratch.data.subsets import choose_subset, write_subset
 from fromscratch.engine import checkpoint as ckpt
 from fromscratch.errors import FromScratchError
 from fromscratch.study.plan import (
-    STAGE,
     PlannedRun,
     Study,
     base_config,
@@ -30,6 +30,7 @@ from fromscratch.study.plan import (
     load_suite,
     part_dir,
     plan_runs,
+    stages,
 )
 from fromscratch.utils import FolderLock, atomic_write_text
 
@@ -52,14 +53,16 @@ def write_subsets(study: Study, study_dir: Path, ids: list[int]) -> None:
 
 
 def run_pretrain_stage(study: Study, cfg: Config, study_dir: Path) -> None:
-    if not any(a.weights == STAGE for a in study.arms) or (study_dir / "pretrain" / "accounting.json").exists():
-        return
+    """Every pre-training stage the arms need (the shared supervised one, each SSL arm's), once."""
     from fromscratch.study.pretrain import pretrain
 
-    pt = (study.pretrain or cfg.pretrain).model_copy(update={"output": str(study_dir / "pretrain")})
-    result = pretrain(cfg.model_copy(update={"pretrain": pt}))
-    logger.info(f"pre-training stage: {result['images']:,} images at {result['image_size']} px in "
-                f"{result['wall_time_s']} s, held-out top-1 {result['val_top1']}")
+    for folder, (p, arms) in stages(study, study_dir, cfg.pretrain).items():
+        if (folder / "accounting.json").exists():
+            continue
+        result = pretrain(cfg.model_copy(update={"pretrain": p.model_copy(update={"output": str(folder)})}))
+        logger.info(f"pre-training stage {folder.name} ({p.method}, for {', '.join(arms)}): {result['images']:,} "
+                    f"images at {result['image_size']} px in {result['wall_time_s']} s, quality "
+                    f"{result['val_top1']}")
 
 
 def is_complete(folder: Path, total: int) -> bool:
@@ -86,8 +89,8 @@ def execute(run: PlannedRun, cfg: Config, study: Study, study_dir: Path) -> str:
     folder = run.folder(study_dir)
     if is_complete(folder, run.total_iters):
         return f"{run.name}: complete, skipped"
-    if run.branch_from and not ckpt.list_checkpoints(folder):
-        seed_from_prefix(run, study_dir)
+    if run.branch_from and not ckpt.list_checkpoints(folder) and int(os.environ.get("RANK", "0")) == 0:
+        seed_from_prefix(run, study_dir)  # other ranks of a multi-process job wait for it in the trainer
     if study.parallel == 1 and study.nproc == 1:
         from fromscratch.engine.trainer import train
 
@@ -107,7 +110,7 @@ def execute(run: PlannedRun, cfg: Config, study: Study, study_dir: Path) -> str:
 
 
 def run_study(path: str | Path, plan_only: bool = False, output_dir: str | Path | None = None,
-              step_time: float | None = None, timed: bool = True) -> Path:
+              step_time: float | None = None, timed: bool = True, wait: bool = True) -> Path:
     """Run a study (or every part of a suite, in order) and return its folder. ``plan_only``: plan, write
     subsets and the cost estimate (``cost.md``; ``step_time`` in s per iteration instead of measuring
     it, or ``timed=False`` for counts only), train nothing."""
@@ -120,18 +123,18 @@ def run_study(path: str | Path, plan_only: bool = False, output_dir: str | Path 
                                                           "parts": [Path(p).stem for p in s.parts]}, indent=1))
         for part in s.parts:
             logger.info(f"suite {path}: part {part}")
-            run_study(base / part, plan_only, part_dir(s, part), step_time, timed)
+            run_study(base / part, plan_only, part_dir(s, part), step_time, timed, wait)
         return out
     study, base = load_study(path)
     study_dir = Path(output_dir or study.output_dir)
     study = study.model_copy(update={"output_dir": str(study_dir)})
     study_dir.mkdir(parents=True, exist_ok=True)
     with FolderLock(study_dir, "study.lock", "study folder"):  # a study started twice: the second refuses
-        return _run_locked(path, study, base, study_dir, plan_only, step_time, timed)
+        return _run_locked(path, study, base, study_dir, plan_only, step_time, timed, wait)
 
 
 def _run_locked(path: str | Path, study: Study, base: Path, study_dir: Path, plan_only: bool,
-                step_time: float | None, timed: bool) -> Path:
+                step_time: float | None, timed: bool, wait: bool) -> Path:
     atomic_write_text(study_dir / "study.yaml", Path(path).read_text())
     cfg = base_config(study, base)
     ids = _train_ids(cfg)
@@ -152,7 +155,16 @@ def _run_locked(path: str | Path, study: Study, base: Path, study_dir: Path, pla
 
         plan_cost(study_dir, runs, configs, planned, step_time, timed)
         return study_dir
-    run_pretrain_stage(study, cfg, study_dir)
+    if study.executor == "slurm":
+        from fromscratch.study.slurm import run_on_slurm
+
+        def execute_some(some: list[PlannedRun]) -> None:
+            run_on_slurm(some, study, base, study_dir, study.slurm or cfg.slurm, wait or study.adaptive)
+    else:
+        run_pretrain_stage(study, cfg, study_dir)
+
+        def execute_some(some: list[PlannedRun]) -> None:
+            execute_runs(some, configs, study, study_dir)
     if study.adaptive:
         from fromscratch.study.adaptive import run_adaptive
         from fromscratch.study.report import write_report
@@ -161,9 +173,9 @@ def _run_locked(path: str | Path, study: Study, base: Path, study_dir: Path, pla
             write_report(study_dir)
             return json.loads((study_dir / "verdict.json").read_text())
 
-        run_adaptive(study, runs, study_dir, lambda some: execute_runs(some, configs, study, study_dir), verdicts)
+        run_adaptive(study, runs, study_dir, execute_some, verdicts)
     else:
-        execute_runs(runs, configs, study, study_dir)
+        execute_some(runs)
     return study_dir
 
 
