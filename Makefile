@@ -63,5 +63,12 @@ demo: data
 bench: data
 	$(PY) benchmarks/run_all.py
 
+# On a CUDA machine: images/s and peak memory of the paper's R50-FPN GN model and the modern LSJ recipe (bf16 and
+# fp16, DDP over every visible GPU, channels_last) beside torchvision's reference loop (benchmarks/gpu_check.py).
+# Without a GPU it prints what it would measure and exits 0. GPU_CHECK_ARGS: e.g. --iters 50 --models modern
+.PHONY: gpu-check
+gpu-check: data
+	$(PY) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
+
 clean-data:
 	rm -rf $(DATA)/trees $(DATA)/fashion-mnist $(DATA)/fashion-scenes

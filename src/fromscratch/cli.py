@@ -104,7 +104,8 @@ def _add_run_parsers(sub: argparse._SubParsersAction) -> None:
     xp.add_argument("--config", help="the model's config (default: config.yaml beside the checkpoint)")
     xp.add_argument("--no-check", action="store_true", help="skip running the file once against PyTorch on two "
                     "image sizes (ONNX: needs onnxruntime, pip install 'fromscratch[export]')")
-    sc = sub.add_parser("schedule", help="print the schedule plan: iterations, LR drops, epochs, samples")
+    sc = sub.add_parser("schedule", help="print the schedule plan: iterations as epochs and as Nx, LR drops, "
+                        "warm-up, samples (length: train.epochs, else train.iterations, else train.schedule)")
     _add_config_args(sc)
     sc.add_argument("--dataset-size", type=int, help="training images (default: count data.train)")
 
@@ -138,8 +139,11 @@ def _add_study_parsers(sub: argparse._SubParsersAction) -> None:
     rp = sub.add_parser("report", help="rebuild report.md and plots from a study folder (no training)")
     rp.add_argument("study_dir")
     sub.add_parser("demo", help="the main job: configs/demo.yaml (what `make demo` runs)")
-    cf = sub.add_parser("configs", help="list configs/paper/ with the number the paper reports for each")
-    cf.add_argument("--dir", default="configs/paper")
+    cf = sub.add_parser("configs", help="list configs/paper/ (or --dir DIR, --all) with the published number of each")
+    cf.add_argument("--dir", default="configs/paper", help="a folder of configs, e.g. configs/modern (detectron2's "
+                    "and torchvision's LSJ scratch recipes); default: configs/paper (the paper's experiments)")
+    cf.add_argument("--all", action="store_true", help="every folder of " + " and ".join(CONFIG_DIRS) +
+                    ", each under its name")
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -447,17 +451,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return cmd_study(args, "configs/demo.yaml")
 
 
+CONFIG_DIRS = ("configs/paper", "configs/modern")  # `fromscratch configs`: the paper's, then modern recipes
+
+
 def cmd_configs(args: argparse.Namespace) -> int:
-    files = sorted(Path(args.dir).glob("*.yaml"))
-    if not files:
-        print(f"no configs in {args.dir}")
-        return 1
-    width = max(len(f.name) for f in files)
-    for f in files:
-        paper = next((ln[len("# paper:"):].strip() for ln in f.read_text().splitlines() if ln.startswith("# paper:")),
-                     "(no paper number)")
-        print(f"{f.name:{width}s}  {paper}")
-    return 0
+    """Each config of a folder with its header's published number (`# paper:`, or `# published:` for
+    numbers from elsewhere than the paper, e.g. detectron2's model zoo)."""
+    status = 0
+    for folder in CONFIG_DIRS if args.all else (args.dir,):
+        files = sorted(Path(folder).glob("*.yaml"))
+        if not files:
+            print(f"no configs in {folder}")
+            status = 1
+            continue
+        if args.all:
+            print(f"{folder}/")
+        width = max(len(f.name) for f in files)
+        for f in files:
+            number = next((ln.split(":", 1)[1].strip() for ln in f.read_text().splitlines()
+                           if ln.startswith(("# paper:", "# published:"))), "(no published number)")
+            print(f"{'  ' if args.all else ''}{f.name:{width}s}  {number}")
+    if not args.all and args.dir == CONFIG_DIRS[0] and Path(CONFIG_DIRS[1]).is_dir():
+        print(f"(more: fromscratch configs --dir {CONFIG_DIRS[1]}, or --all)", file=sys.stderr)
+    return status
 
 
 COMMANDS = {"configs": cmd_configs, "predict": cmd_predict, "config": cmd_config, "pretrain": cmd_pretrain,

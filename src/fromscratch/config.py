@@ -103,10 +103,17 @@ class TrainConfig(_Strict):
 
     batch_size: int = 16
     base_lr: float = 0.02  # at 16 images a batch; scaled linearly with batch_size
+    # The run's length, first set wins: epochs, else iterations, else schedule. epochs and iterations
+    # together are refused (cross_check); either one overrides schedule (whose default, 2x, is always set).
     schedule: str = "2x"  # "Nx" = N x 90k iterations at 16 images (rescaled, see engine/schedule.py)
     rescale_to_dataset: bool = True  # Nx means the same epochs on any dataset
-    iterations: int | None = None  # explicit length: overrides the schedule
+    epochs: float | None = None  # passes over the training set: iterations = ceil(epochs x images / batch_size)
+    iterations: int | None = None  # explicit length in iterations
+    # The LR drops, first set wins: steps, else step_fractions, else the paper's rule (the rescaled last 60k
+    # and 20k iterations of Nx, counted back from the end of the run); steps and step_fractions together
+    # are refused (cross_check).
     steps: list[int] | None = None  # explicit LR drop iterations
+    step_fractions: list[float] | None = None  # drops as fractions of the run, increasing in (0, 1): [0.889, 0.963]
     decay_factor: float = 0.1
     warmup_iters: int = 1000
     warmup_factor: float = 0.001
@@ -392,6 +399,21 @@ def cross_check(cfg: Config) -> list[tuple[str, str]]:
     if t.steps is not None and (sorted(t.steps) != t.steps or (t.iterations is not None and t.steps and
                                                                 t.steps[-1] >= t.iterations)):
         out.append(("train.steps", f"LR drops must be increasing and before train.iterations={t.iterations}"))
+    if t.epochs is not None and t.iterations is not None:
+        out.append(("train.epochs", f"train.epochs={t.epochs:g} and train.iterations={t.iterations} both set the "
+                                    "run's length: set one of them to null"))
+    if t.epochs is not None and not 0 < t.epochs < float("inf"):
+        out.append(("train.epochs", "must be a number > 0 (or null: the length is then train.iterations or "
+                                    "train.schedule)"))
+    if t.iterations is not None and t.iterations <= 0:
+        out.append(("train.iterations", "must be > 0 (or null: the length is then train.schedule)"))
+    if t.steps is not None and t.step_fractions is not None:
+        out.append(("train.step_fractions", f"train.steps={t.steps} and train.step_fractions={t.step_fractions} "
+                                            "both set the LR drops: set one of them to null"))
+    fr = t.step_fractions or []
+    if any(not 0 < f < 1 for f in fr) or any(a >= b for a, b in zip(fr, fr[1:])):
+        out.append(("train.step_fractions", "LR drops as fractions of the run must be strictly increasing and "
+                                            "inside (0, 1), e.g. [0.889, 0.963]"))
     if t.early_stop_patience and (cfg.train.eval_period <= 0 or not d.val):
         out.append(("train.early_stop_patience", "needs periodic evaluation (train.eval_period > 0 and data.val)"))
     if not 0 <= t.early_stop_grace <= 1:
@@ -445,6 +467,7 @@ def _fields_at(loc: list[str]) -> list[str]:
 # two switches the divergence message suggests (clip_grad_norm, skip_nonfinite_steps). Any
 # other difference means another experiment, and --resume refuses it. A key ending in ".*" covers a block.
 RESUME_MAY_CHANGE = ("output_dir", "description", "train.schedule", "train.iterations", "train.steps",
+                     "train.epochs", "train.step_fractions",
                      "train.log_period", "train.eval_period", "train.checkpoint_period", "train.keep_checkpoints",
                      "train.checkpoint_at", "train.early_stop_patience", "train.early_stop_min_delta",
                      "train.early_stop_grace", "train.clip_grad_norm",

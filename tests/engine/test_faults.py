@@ -90,6 +90,18 @@ def reference(tmp_path_factory) -> tuple[Path, Path]:
     return data, root / "ref"
 
 
+def killed_after(data: Path, run: Path, k: int) -> None:
+    """Train into ``run`` and SIGKILL the process right after its checkpoint at iteration ``k``."""
+    assert run_cli(train_args(data, run), {"kill_after_checkpoint": k}).returncode == -signal.SIGKILL
+
+
+def resumed(data: Path, run: Path, *extra: str) -> str:
+    """Resume ``run`` to its end; its output."""
+    p = run_cli(train_args(data, run, *extra, "--resume"))
+    assert p.returncode == 0, p.stdout
+    return p.stdout
+
+
 def assert_matches_reference(run: Path, ref: Path) -> None:
     assert same_weights(run / "model_0000006.pth", ref / "model_0000006.pth")
     assert losses(run) == losses(ref)  # every iteration logged once, with the same loss
@@ -116,12 +128,11 @@ def test_killed_run_resumes_to_the_same_weights(reference, tmp_path, fault):
 def test_truncated_newest_checkpoint_falls_back_to_an_older_one(reference, tmp_path):
     data, ref = reference
     run = tmp_path / "run"
-    assert run_cli(train_args(data, run), {"kill_after_checkpoint": 4}).returncode == -signal.SIGKILL
+    killed_after(data, run, 4)
     newest = run / "model_0000004.pth"
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # a full disk, a bad copy
-    p = run_cli(train_args(data, run, "--resume"))
-    assert p.returncode == 0, p.stdout
-    assert "model_0000004.pth cannot be loaded" in p.stdout and "at iteration 2" in p.stdout
+    out = resumed(data, run)
+    assert "model_0000004.pth cannot be loaded" in out and "at iteration 2" in out
     assert (run / "model_0000004.pth.corrupt").exists() and (run / "model_0000002.pth").exists()
     assert_matches_reference(run, ref)
 
@@ -130,7 +141,7 @@ def test_truncated_newest_checkpoint_falls_back_to_an_older_one(reference, tmp_p
 def test_file_size_limit_while_checkpointing_stops_with_the_cause_and_keeps_the_previous(reference, tmp_path):
     data, ref = reference
     run = tmp_path / "run"
-    assert run_cli(train_args(data, run), {"kill_after_checkpoint": 2}).returncode == -signal.SIGKILL
+    killed_after(data, run, 2)
     before = (run / "model_0000002.pth").read_bytes()
     limit = len(before) // 2  # metrics.jsonl and the config fit; a checkpoint does not
     p = run_cli(train_args(data, run, "--resume"), {"file_size_limit": limit})
@@ -139,8 +150,7 @@ def test_file_size_limit_while_checkpointing_stops_with_the_cause_and_keeps_the_
     assert "internal error" not in p.stdout and "Traceback" not in p.stdout
     assert (run / "model_0000002.pth").read_bytes() == before and not list(run.glob(".*.tmp"))
     assert not (run / "model_0000004.pth").exists()
-    p = run_cli(train_args(data, run, "--resume"))
-    assert p.returncode == 0, p.stdout
+    resumed(data, run)
     assert_matches_reference(run, ref)
 
 
@@ -203,12 +213,10 @@ def test_torn_last_metrics_line_is_skipped_and_named(tmp_path, caplog):
 def test_resume_truncates_a_torn_metrics_line(reference, tmp_path):
     data, ref = reference
     run = tmp_path / "run"
-    assert run_cli(train_args(data, run), {"kill_after_checkpoint": 4}).returncode == -signal.SIGKILL
+    killed_after(data, run, 4)
     with open(run / "metrics.jsonl", "a") as f:
         f.write('{"type": "train", "iteration": 5, "lo')
-    p = run_cli(train_args(data, run, "--resume"))
-    assert p.returncode == 0, p.stdout
-    assert "line" in p.stdout and "is torn" in p.stdout
+    assert "is torn" in resumed(data, run)
     assert_matches_reference(run, ref)
 
 
@@ -256,14 +264,13 @@ def test_training_into_a_folder_in_use_is_refused(reference, tmp_path):
 def test_resume_with_another_config_lists_the_keys_and_allows_a_longer_schedule(reference, tmp_path):
     data, _ = reference
     run = tmp_path / "run"
-    assert run_cli(train_args(data, run), {"kill_after_checkpoint": 2}).returncode == -signal.SIGKILL
+    killed_after(data, run, 2)
     p = run_cli(train_args(data, run, "model.backbone.name=resnet34", "model.fpn.channels=128", "--resume"))
     assert p.returncode == 2 and "internal error" not in p.stdout
     assert "model.backbone.name: 'resnet18' in the run, 'resnet34' now" in p.stdout
     assert "model.fpn.channels: 64 in the run, 128 now" in p.stdout and "train.iterations" in p.stdout
-    p = run_cli(train_args(data, run, "train.iterations=8", "train.steps=[6]", "train.eval_period=4", "--resume"))
-    assert p.returncode == 0, p.stdout
-    assert "train.iterations changed from 6 to 8 (allowed on resume)" in p.stdout
+    out = resumed(data, run, "train.iterations=8", "train.steps=[6]", "train.eval_period=4")
+    assert "train.iterations changed from 6 to 8 (allowed on resume)" in out
     assert (run / "model_0000008.pth").exists()
 
 

@@ -6,11 +6,19 @@ and again in the last 20k iterations, whatever N (docs/paper.md, Schedules; note
 iteration counts scale by 16/B (detectron2's 9x at batch 64: 202.5k, drops 187.5k/197.5k), and on a
 dataset of D images by D/118,287 (1x = 12.17 epochs of COCO train2017; the drops are the last
 8.1 and 2.7 epochs), so "3x" means the same epochs on any dataset.
+
+The length can also be given directly (config.TrainConfig): ``train.epochs`` (iterations =
+ceil(epochs x dataset size / batch)), else ``train.iterations``, else ``train.schedule``; the LR drops by
+``train.steps`` (iterations), else ``train.step_fractions`` (fractions of the run, as detectron2's LSJ
+configs: 8/9 and 26/27), else the rule above counted back from the run's end. Every plan also reads as
+the other views: its epochs, and its Nx equivalent (``Plan.nx``).
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass
+from fractions import Fraction
 
 from fromscratch.config import TrainConfig
 from fromscratch.errors import ConfigError
@@ -39,10 +47,18 @@ class Plan:
     decay_factor: float
     warmup_iters: int
     warmup_factor: float
+    rescale_to_dataset: bool = True  # what Nx means for this plan (nx)
+    length_from: str = "train.schedule"  # the key that set the length: train.epochs, .iterations or .schedule
 
     @property
     def epochs(self) -> float:
         return self.total_iters * self.batch_size / self.dataset_size
+
+    @property
+    def nx(self) -> float:
+        """The length as the paper's N in Nx: images seen / (90k x 16), on COCO's size when rescaled."""
+        scale = COCO_TRAIN_IMAGES / self.dataset_size if self.rescale_to_dataset else 1.0
+        return self.images / (ITERS_PER_X * PAPER_BATCH) * scale
 
     @property
     def images(self) -> int:
@@ -59,6 +75,7 @@ class Plan:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["epochs"] = self.epochs
+        d["nx"] = self.nx
         return d
 
 
@@ -75,39 +92,69 @@ def paper_iterations(multiplier: float, batch_size: int, dataset_size: int | Non
     return max(1, round(total * scale)), tuple(round(s * scale) for s in steps)  # type: ignore[return-value]
 
 
+def epoch_iterations(epochs: float, dataset_size: int, batch_size: int) -> int:
+    """ceil(epochs x dataset_size / batch_size), exact for decimal epochs (0.1 x 1000 / 2 is 50, not 51)."""
+    return max(1, math.ceil(Fraction(repr(float(epochs))) * dataset_size / batch_size))
+
+
 def make_plan(cfg: TrainConfig, dataset_size: int) -> Plan:
-    """The schedule of ``cfg`` for ``dataset_size`` training images; explicit iterations/steps win."""
+    """The schedule of ``cfg`` for ``dataset_size`` training images. Length: train.epochs, else
+    train.iterations, else train.schedule; drops: train.steps, else train.step_fractions, else the paper's
+    last-60k/20k rule counted back from the end (config.TrainConfig; cross_check refuses two of a kind)."""
     if dataset_size <= 0:
         raise ConfigError("the training set is empty")
+    for a, b in (("epochs", "iterations"), ("steps", "step_fractions")):  # cross_check says it at load time
+        if getattr(cfg, a) is not None and getattr(cfg, b) is not None:
+            raise ConfigError(f"train.{a} and train.{b} are both set: set one of them to null")
+    if cfg.epochs is not None and not 0 < cfg.epochs < float("inf"):
+        raise ConfigError(f"train.epochs={cfg.epochs}: must be a number > 0")
     total, steps = paper_iterations(parse_multiplier(cfg.schedule), cfg.batch_size,
                                     dataset_size if cfg.rescale_to_dataset else None)
+    if cfg.epochs is not None:
+        length, key = epoch_iterations(cfg.epochs, dataset_size, cfg.batch_size), "train.epochs"
+        given = f"train.epochs={cfg.epochs:g} ({length} iterations)"
+    elif cfg.iterations is not None:
+        length, key, given = cfg.iterations, "train.iterations", f"train.iterations={cfg.iterations}"
+    else:
+        length, key, given = None, "train.schedule", ""
     if cfg.steps is not None:
         steps = tuple(cfg.steps)
-    elif cfg.iterations is not None:  # same rule: drops in the (rescaled) last 60k and 20k iterations
+    elif cfg.step_fractions is not None:
+        steps = tuple(round(f * (length or total)) for f in cfg.step_fractions)
+    elif length is not None:  # same rule: drops in the (rescaled) last 60k and 20k iterations
         window = total - steps[0]
-        if cfg.iterations <= window:
-            raise ConfigError(f"train.iterations={cfg.iterations} is not longer than the paper's last-60k drop "
-                              f"window ({window} iterations at this batch and dataset size): give train.steps")
-        steps = tuple(cfg.iterations - (total - s) for s in steps)
-    if cfg.iterations is not None:
-        total = cfg.iterations
+        if length <= window:
+            raise ConfigError(f"{given} is not longer than the paper's last-60k drop window ({window} iterations "
+                              "at this batch and dataset size): give train.steps or train.step_fractions")
+        steps = tuple(length - (total - s) for s in steps)
+    if length is not None:
+        total = length
     if list(steps) != sorted(steps) or any(s <= 0 or s >= total for s in steps):
-        raise ConfigError(f"train.steps {list(steps)} must be increasing and inside (0, {total})")
+        src = (f" (train.step_fractions={cfg.step_fractions} of {total} iterations)"
+               if cfg.steps is None and cfg.step_fractions is not None else "")
+        raise ConfigError(f"train.steps {list(steps)}{src} must be increasing and inside (0, {total})")
     if cfg.warmup_iters >= (steps[0] if steps else total):
+        what = given or f"schedule {cfg.schedule}"
         raise ConfigError(f"train.warmup_iters={cfg.warmup_iters} is not shorter than the first LR drop at "
-                          f"{steps[0] if steps else total} (schedule {cfg.schedule}, {total} iterations on "
+                          f"{steps[0] if steps else total} ({what}, {total} iterations on "
                           f"{dataset_size} images at batch {cfg.batch_size}): lower train.warmup_iters")
-    return Plan(cfg.schedule, cfg.batch_size, dataset_size, total, tuple(steps),
-                cfg.base_lr * cfg.batch_size / PAPER_BATCH, cfg.decay_factor, cfg.warmup_iters, cfg.warmup_factor)
+    label = (f"{cfg.epochs:g} epochs" if key == "train.epochs" else
+             f"{cfg.iterations} iterations" if key == "train.iterations" else cfg.schedule)
+    return Plan(label, cfg.batch_size, dataset_size, total, tuple(steps),
+                cfg.base_lr * cfg.batch_size / PAPER_BATCH, cfg.decay_factor, cfg.warmup_iters, cfg.warmup_factor,
+                cfg.rescale_to_dataset, key)
 
 
 def describe(plan: Plan, mean_pixels: float | None = None, instances_per_image: float | None = None) -> str:
     """The plan as `fromscratch schedule` prints it."""
-    lines = [f"schedule {plan.schedule} at batch {plan.batch_size} on {plan.dataset_size:,} images",
-             f"  iterations: {plan.total_iters:,} ({plan.epochs:.2f} epochs)",
+    coco = " on COCO's size" if plan.rescale_to_dataset else ""
+    drops = ", ".join(f"{s:,} ({100 * s / plan.total_iters:.1f}%)" for s in plan.steps) or "none"
+    lines = [f"schedule {plan.schedule} at batch {plan.batch_size} on {plan.dataset_size:,} images"
+             + ("" if plan.length_from == "train.schedule" else f" (length from {plan.length_from})"),
+             f"  iterations: {plan.total_iters:,} = {plan.epochs:.2f} epochs = {plan.nx:.2f}x "
+             f"(N x 90k iterations at batch {PAPER_BATCH}{coco})",
              f"  LR: base {plan.base_lr:g} ({plan.base_lr * PAPER_BATCH / plan.batch_size:g} x "
-             f"{plan.batch_size}/{PAPER_BATCH}), x{plan.decay_factor:g} at "
-             + ", ".join(f"{s:,}" for s in plan.steps),
+             f"{plan.batch_size}/{PAPER_BATCH}), x{plan.decay_factor:g} at {drops}",
              f"  warm-up: {plan.warmup_iters:,} iterations from {plan.warmup_factor:g} x LR",
              f"  images to be seen: {plan.images:,}"]
     if instances_per_image is not None:
