@@ -80,8 +80,10 @@ def stage_lines(study_dir: Path) -> list[str]:
         else:
             check = "no quality check (no labels)"
         n = f"{a['unlabeled_images']} unlabeled images, " if "unlabeled_images" in a else ""
-        out.append(f"- `{path.parent.name}`: {a.get('method', 'supervised')} on {a['source']}, {n}{fmt(a['images'])} "
-                   f"images seen ({a['epochs']:.2f} epochs at {a['image_size']} px) in {a['wall_time_s']} s; {check}")
+        how = (f" ({a['epochs']:.2f} epochs at {a.get('image_size', '?')} px)" if "epochs" in a else "") + \
+            (f" in {a['wall_time_s']} s" if "wall_time_s" in a else "")
+        out.append(f"- `{path.parent.name}`: {a.get('method', 'supervised')} on {a.get('source', '?')}, {n}"
+                   f"{fmt(a.get('images', 0))} images seen{how}; {check}")
     return ["", "## Pre-training stages", ""] + out if out else []
 
 
