@@ -82,3 +82,12 @@ def test_init_errors_name_what_is_missing(tmp_path):
     with pytest.raises(ConfigError, match="--weights nope.pth: file not found"):
         write_starter(str(train), tmp_path / "s.yaml", val=str(train), weights="nope.pth")
     assert main(["init", str(tmp_path / "missing.json"), "--val", str(train), "--out", str(tmp_path / "s.yaml")]) == 2
+
+
+def test_a_study_refuses_a_detector_whose_length_is_fixed(tmp_path):
+    from fromscratch.study.plan import plan_runs
+    from tests.study.test_study import make_study
+
+    study, base = load_study(make_study(tmp_path, overrides={"data.train": "x.json", "train.iterations": 50}))
+    with pytest.raises(ConfigError, match="train.iterations is set, so every schedule"):
+        plan_runs(study, base, tmp_path / "study", train_size=4)

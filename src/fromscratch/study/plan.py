@@ -240,6 +240,10 @@ def plan_runs(study: Study, base: Path, study_dir: Path, train_size: int) -> tup
                 if size != "all":
                     over["data.subset"] = str(study_dir / "subsets" / f"train_{size}_seed{study.subset_seed}.json")
                 cfg = load_config(base / study.detector, dotted_overrides(over))
+                fixed = [k for k in ("epochs", "iterations") if getattr(cfg.train, k, None) is not None]
+                if fixed:  # they win over train.schedule: every schedule would train the same length
+                    raise ConfigError(f"{study.detector}: train.{fixed[0]} is set, so every schedule of the study "
+                                      f"{study.schedules} would train as long; set it to null for a study")
                 first = make_plan(cfg.train.model_copy(update={"schedule": scheds[0]}), n)
                 period = max(1, first.total_iters // max(1, study.eval_points))
                 prev: PlannedRun | None = None
