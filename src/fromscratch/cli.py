@@ -267,15 +267,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _submit_train(args: argparse.Namespace) -> int:
     from fromscratch.config import load_config
     from fromscratch.data.build import build_datasets
-    from fromscratch.engine.checkpoint import list_checkpoints
-    from fromscratch.errors import ConfigError
+    from fromscratch.engine.trainer import refuse_unless_resuming
     from fromscratch.study.slurm import submit_train
 
     cfg = load_config(args.config, args.overrides)
     build_datasets(cfg.data)  # every data check before the job waits in the queue
-    if list_checkpoints(Path(cfg.output_dir)) and not args.resume:
-        raise ConfigError(f"output_dir {cfg.output_dir} already holds checkpoints: pass --resume to continue that "
-                          "run, or choose another output_dir")
+    refuse_unless_resuming(Path(cfg.output_dir), args.resume)
     jid = submit_train(cfg, Path(args.config))
     print(f"submitted job {jid}: {cfg.output_dir} (log: {Path(cfg.output_dir) / 'slurm'}/{jid}_0_log.out); "
           f"cancel with scancel {jid}")

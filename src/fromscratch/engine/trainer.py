@@ -81,9 +81,7 @@ def prepare_output(cfg: Config, resume: bool) -> tuple[Path, FolderLock | None]:
             raise ConfigError(f"output_dir {out}: not writable ({e.strerror})") from None
         lock = FolderLock(out).acquire()
         try:
-            if ckpt.list_checkpoints(out) and not resume:
-                raise ConfigError(f"output_dir {out} already holds checkpoints: pass --resume to continue that "
-                                  "run, or choose another output_dir")
+            refuse_unless_resuming(out, resume)
             if resume and ckpt.list_checkpoints(out):
                 check_resume_config(out / "config.yaml", cfg)
             atomic_write_text(out / "config.yaml", dump_config(cfg), "run config")
@@ -92,6 +90,13 @@ def prepare_output(cfg: Config, resume: bool) -> tuple[Path, FolderLock | None]:
             raise
     comm.barrier()
     return out, lock
+
+
+def refuse_unless_resuming(out: Path, resume: bool) -> None:
+    """A folder that holds checkpoints is only trained into again with --resume."""
+    if ckpt.list_checkpoints(out) and not resume:
+        raise ConfigError(f"output_dir {out} already holds checkpoints: pass --resume to continue that run, or "
+                          "choose another output_dir")
 
 
 def check_resume_config(saved_path: Path, cfg: Config) -> None:

@@ -112,7 +112,7 @@ def estimate(runs: list[PlannedRun], configs: dict[str, Config], study: Study, t
             "adaptive": study.adaptive}
 
 
-def _hms(s: float) -> str:
+def hms(s: float) -> str:
     h, rem = divmod(int(round(s)), 3600)
     return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s"
 
@@ -124,14 +124,14 @@ def cost_text(cost: dict[str, Any]) -> str:
              "|---|---|---|---|" + ("---|" if timed else "")]
     for r in cost["runs"]:
         lines.append(f"| {r['name']} | {r['iterations']:,} | {fmt(r['images'])} | {r['evaluations']} |" +
-                     (f" {_hms(r['seconds'])} |" if timed else ""))
+                     (f" {hms(r['seconds'])} |" if timed else ""))
     lines.append(f"\ntotal: {cost['iterations']:,} iterations, {fmt(cost['images'])} images seen, "
                  f"{cost['evaluations']} evaluations" + (" (at most: an adaptive study trains only what its "
                                                          "verdicts need)" if cost["adaptive"] else ""))
     if timed:
         t = cost["timing"]
-        lines.append(f"estimated time: {_hms(cost['wall_s'])} wall with {cost['parallel']} run(s) at once "
-                     f"({_hms(cost['compute_s'])} of training and evaluation in all); {t['step_s']:.3g} s per "
+        lines.append(f"estimated time: {hms(cost['wall_s'])} wall with {cost['parallel']} run(s) at once "
+                     f"({hms(cost['compute_s'])} of training and evaluation in all); {t['step_s']:.3g} s per "
                      f"iteration, {t['image_s']:.3g} s per validation image, {t['source']}")
     for pre in cost["pretrain_stage"]:
         lines.append(f"plus the pre-training stage {pre['stage']} ({pre['method']}): {pre['epochs']} epoch(s) of "

@@ -11,14 +11,9 @@ import time
 from pathlib import Path
 
 from fromscratch.engine.logging import read_metrics_lines
+from fromscratch.study.cost import hms
 from fromscratch.study.runner import is_complete
 from fromscratch.study.slurm import job_of, log_tail, queue
-
-
-def _eta(seconds: float) -> str:
-    m, s = divmod(int(seconds), 60)
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
 def run_state(folder: Path, total: int, queued: dict[str, tuple[str, str]]) -> tuple[str, str]:
@@ -41,7 +36,7 @@ def run_state(folder: Path, total: int, queued: dict[str, tuple[str, str]]) -> t
         state = ""
     if train and (state == "RUNNING" or time.time() - (folder / "metrics.jsonl").stat().st_mtime < 300):
         step = statistics.median(x["time"] for x in train[-10:])
-        return "running", (f"iteration {it}/{total}, about {_eta((total - it) * step)} left"
+        return "running", (f"iteration {it}/{total}, about {hms((total - it) * step)} left"
                            + (f" (job {jid})" if jid else ""))
     if not folder.exists() or (not train and not job):
         return "not started", ""
