@@ -13,9 +13,9 @@ from fromscratch.engine.trainer import train
 from tests.conftest import ROOT, make_coco
 
 MODERN = sorted((ROOT / "configs" / "modern").glob("*.yaml"))
-# tests/test_paper_configs.py's tiny-scale overrides; the length and drops set here replace the config's
-# train.epochs and train.step_fractions (two of a kind are refused), and fp16 needs CUDA: bf16 on CPU
-TINY = ["data.val=null", "data.image_root=null", "data.subset=null", "data.train_scales=[64]",
+# tests/test_paper_configs.py's tiny-scale overrides and a 64 px LSJ canvas; the length and drops set here replace
+# the config's train.epochs and train.step_fractions (two of a kind are refused), and fp16 needs CUDA: bf16 on CPU
+TINY = ["data.val=null", "data.image_root=null", "data.subset=null", "data.train_scales=[64]", "data.lsj_size=64",
         "data.scale_sampling=choice", "data.test_scale=64", "data.max_size=96", "data.num_workers=0",
         "train.batch_size=2", "train.epochs=null", "train.iterations=2", "train.step_fractions=null",
         "train.steps=[1]", "train.warmup_iters=0", "train.threads=2", "train.amp=bf16",
@@ -34,6 +34,7 @@ def test_modern_config_trains_two_iterations(tmp_path, path):
     ann = make_coco(tmp_path / "data", num_images=2)
     cfg = load_config(path, TINY + [f"data.train={ann}", f"output_dir={tmp_path / 'run'}"])
     assert cfg.model.backbone.norm == cfg.model.fpn.norm == cfg.model.roi.norm == "SyncBN"
+    assert cfg.data.augmentation == "lsj" and cfg.data.lsj_scale == [0.1, 2.0]
     try:
         result = train(cfg)
         assert result["iterations"] == 2 and (tmp_path / "run" / "model_0000002.pth").exists()

@@ -23,7 +23,8 @@ class _Strict(BaseModel):
 
 
 class DataConfig(_Strict):
-    """Dataset files and the paper's input pipeline (short side 800, max 1333, flip only)."""
+    """Dataset files and the training input pipeline: the paper's (short side 800, max 1333, flip only),
+    or large-scale jitter with or without Copy-Paste (data/transforms.py)."""
 
     format: Literal["auto", "coco", "voc"] = "auto"  # auto: a folder or .txt is VOC, a .json is COCO
     train: str | list[str] | None = None  # COCO json or VOC folder / ImageSets .txt; a list is concatenated
@@ -37,7 +38,14 @@ class DataConfig(_Strict):
     scale_sampling: Literal["choice", "range"] = "choice"  # detectron2 MIN_SIZE_TRAIN_SAMPLING
     test_scale: int = 800
     max_size: int = 1333
-    flip_prob: float = 0.5
+    flip_prob: float = 0.5  # every augmentation
+    # standard: train_scales / scale_sampling / max_size + flip (the paper); lsj: large-scale jitter to a
+    # lsj_size x lsj_size canvas + flip (detectron2's new baselines); lsj_copypaste: lsj + Simple Copy-Paste
+    augmentation: Literal["standard", "lsj", "lsj_copypaste"] = "standard"
+    lsj_size: int = 1024  # LSJ canvas side: images fit lsj_size x s, then a random crop / padding to the canvas
+    lsj_scale: list[float] = [0.1, 2.0]  # [min, max] of s, drawn uniformly
+    lsj_pad_value: int = 0  # the canvas' padding, 0-255 (detectron2 pads with 128, torchvision with its mean)
+    copy_paste_prob: float = 0.5  # lsj_copypaste: chance that an image gets another's objects pasted on it
     num_workers: int = 2
     aspect_ratio_grouping: bool = True
     pack_records: bool = True  # records in one shared byte buffer (flat memory as loader workers and processes grow)
@@ -392,7 +400,15 @@ def cross_check(cfg: Config) -> list[tuple[str, str]]:
                                          f"[min, max], so it needs exactly 2 values, got {len(d.train_scales)}"))
     if not d.train_scales or min(d.train_scales) <= 0:
         out.append(("data.train_scales", "needs at least one short side, each > 0"))
+    if len(d.lsj_scale) != 2 or not 0 < d.lsj_scale[0] <= d.lsj_scale[1] < float("inf"):
+        out.append(("data.lsj_scale", "LSJ draws its scale uniformly in [min, max]: exactly 2 values with "
+                                      "0 < min <= max, e.g. [0.1, 2.0]"))
+    if not 0 <= d.lsj_pad_value <= 255:
+        out.append(("data.lsj_pad_value", "a grey level of the uint8 image, in [0, 255]"))
+    if not 0 <= d.copy_paste_prob <= 1:
+        out.append(("data.copy_paste_prob", "a probability, in [0, 1]"))
     for key, value in (("train.batch_size", t.batch_size), ("data.test_scale", d.test_scale),
+                       ("data.lsj_size", d.lsj_size),
                        ("data.max_size", d.max_size), ("train.log_period", t.log_period)):
         if value <= 0:
             out.append((key, "must be > 0"))

@@ -16,7 +16,7 @@ from fromscratch.config import Config, DataConfig, has_masks
 from fromscratch.data.loader import train_loader
 from fromscratch.data.records import Dataset
 from fromscratch.data.sources import load_dataset, load_sources
-from fromscratch.data.transforms import TrainTransform, keypoint_flip_map, resized_shape
+from fromscratch.data.transforms import LSJTransform, TrainTransform, keypoint_flip_map, resized_shape
 from fromscratch.errors import ConfigError
 
 
@@ -34,11 +34,23 @@ def build_dataset(d: DataConfig, split: Literal["train", "val"], check_images: b
         if not d.train:
             raise ConfigError("data.train is not set: give a COCO json or VOC folder")
         ds = load_sources(d.train, subset=d.subset if subset else None, **_common(d, check_images))
+        if d.augmentation == "lsj_copypaste":
+            check_copy_paste(d, ds)
     else:
         if not d.val:
             raise ConfigError("data.val is not set: nothing to evaluate on")
         ds = load_dataset(d.val, **_common(d, check_images))
     return ds.packed() if d.pack_records else ds
+
+
+def check_copy_paste(d: DataConfig, ds: Dataset) -> None:
+    """Copy-Paste cuts objects out by their masks: refuse a training set with none (boxes only: VOC, a
+    COCO json without segmentations) now, not as a loader that silently pastes nothing."""
+    if any(r.segmentations is not None and any(seg is not None for seg in r.segmentations) for r in ds.records):
+        return
+    raise ConfigError(f"data.augmentation='lsj_copypaste': Copy-Paste pastes objects by their segmentation "
+                      f"masks, and data.train ({d.train}) has none (boxes only). Use data.augmentation=lsj "
+                      "(large-scale jitter without Copy-Paste), or a training set with segmentations.")
 
 
 def build_datasets(d: DataConfig) -> tuple[Dataset, Dataset | None]:
@@ -60,11 +72,21 @@ def build_train_loader(cfg: Config, ds: Dataset, start_iter: int, max_iter: int,
     [start_iter, max_iter), augmented as ``data`` says (a function of (seed, iteration): exact resume)."""
     d, t = cfg.data, cfg.train
     flip_map = keypoint_flip_map(ds.keypoint_names) if ds.keypoint_names else None
-    transform = TrainTransform(d.train_scales, d.scale_sampling, d.max_size, d.flip_prob, flip_map)
-    return train_loader(ds, transform, t.batch_size, t.seed, start_iter, max_iter,
+    # LSJ makes every image one square canvas: grouping by the original orientation pads nothing away
+    # and would only restrict which images share a batch
+    return train_loader(ds, build_transform(d, flip_map), t.batch_size, t.seed, start_iter, max_iter,
                         with_masks=has_masks(cfg.model.meta_arch), with_keypoints=cfg.model.meta_arch == "keypoint_rcnn",
                         num_workers=d.num_workers if num_workers is None else num_workers,
-                        group=d.aspect_ratio_grouping, rank=rank, world_size=world_size)
+                        group=d.aspect_ratio_grouping and d.augmentation == "standard", rank=rank,
+                        world_size=world_size)
+
+
+def build_transform(d: DataConfig, flip_map: list[int] | None = None) -> TrainTransform | LSJTransform:
+    """The training augmentation ``data.augmentation`` names (data/transforms.py)."""
+    if d.augmentation == "standard":
+        return TrainTransform(d.train_scales, d.scale_sampling, d.max_size, d.flip_prob, flip_map)
+    return LSJTransform(d.lsj_size, (d.lsj_scale[0], d.lsj_scale[1]), d.flip_prob, flip_map,
+                        d.copy_paste_prob if d.augmentation == "lsj_copypaste" else 0.0, d.lsj_pad_value)
 
 
 def train_stats(d: DataConfig) -> tuple[int, float, float]:
@@ -72,5 +94,8 @@ def train_stats(d: DataConfig) -> tuple[int, float, float]:
     schedule``: the training set as a run would load it."""
     ds = build_dataset(d, "train")
     short = int(np.mean(d.train_scales))
-    px = [np.prod(resized_shape(r.height, r.width, short, d.max_size)[:2]) for r in ds.records]
+    if d.augmentation != "standard":  # LSJ: every training image is the lsj_size x lsj_size canvas
+        px = [d.lsj_size ** 2] * len(ds.records)
+    else:
+        px = [np.prod(resized_shape(r.height, r.width, short, d.max_size)[:2]) for r in ds.records]
     return len(ds.records), float(np.mean(px)) if px else 0.0, ds.num_instances() / max(1, len(ds.records))

@@ -2,20 +2,22 @@
 
 The batch of iteration ``i`` is a pure function of (seed, i): each epoch is a seeded permutation,
 grouped by aspect ratio (landscape / portrait, as torchvision's GroupedBatchSampler and detectron2's
-AspectRatioGroupedDataset do), and each sample's augmentation is seeded by (seed, i, slot). So a run
-resumed at iteration i sees exactly the batches it would have seen, whatever the number of workers,
-and rank r of W takes slots [r*B/W, (r+1)*B/W) of the same global batch.
+AspectRatioGroupedDataset do), and each sample's augmentation, Copy-Paste's choice of a source image
+included, is seeded by (seed, i, slot). So a run resumed at iteration i sees exactly the batches it
+would have seen, whatever the number of workers, and rank r of W takes slots [r*B/W, (r+1)*B/W) of
+the same global batch.
 """
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
 from PIL import Image
 
 from fromscratch.data.records import Dataset, Record
-from fromscratch.data.transforms import Sample, TrainTransform
+from fromscratch.data.transforms import LSJTransform, Sample, SourceFn, TrainTransform
 
 
 class BatchPlan:
@@ -108,17 +110,36 @@ def record_sample(r: Record, with_masks: bool, with_keypoints: bool) -> Sample:
 
 
 class TrainSet(torch.utils.data.Dataset):
-    def __init__(self, ds: Dataset, transform: TrainTransform, with_masks: bool, with_keypoints: bool):
+    """Sample ``index`` augmented with the generator seeded by ``seed``; Copy-Paste's source image is
+    drawn from the same generator (another index of the set), so an item is a function of its key."""
+
+    def __init__(self, ds: Dataset, transform: TrainTransform | LSJTransform, with_masks: bool,
+                 with_keypoints: bool):
         self.records, self.transform = ds.records, transform
         self.with_masks, self.with_keypoints = with_masks, with_keypoints
+        # Copy-Paste pastes by masks: loaded for it even when the model takes none (faster_rcnn)
+        self.load_masks = with_masks or transform.needs_masks
 
     def __len__(self) -> int:
         return len(self.records)
 
+    def _sample(self, r: Record) -> Sample:
+        return record_sample(r, self.load_masks, self.with_keypoints)
+
+    def _source(self, index: int) -> SourceFn:
+        def draw(rng: np.random.Generator) -> Sample | None:
+            n = len(self.records)
+            if n < 2:
+                return None
+            return self._sample(self.records[(index + 1 + int(rng.integers(n - 1))) % n])  # any other image
+        return draw
+
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, dict]:
         index, seed = key
         r = self.records[index]
-        s = self.transform(record_sample(r, self.with_masks, self.with_keypoints), np.random.default_rng(seed))
+        s = self.transform(self._sample(r), np.random.default_rng(seed), self._source(index))
+        if s.masks is not None and not self.with_masks:
+            s = replace(s, masks=None)
         image = torch.from_numpy(np.ascontiguousarray(s.image)).permute(2, 0, 1)  # uint8 CHW
         return image, to_target(s, r.image_id)
 
@@ -127,7 +148,7 @@ def collate(batch: list) -> tuple[list, list]:
     return [b[0] for b in batch], [b[1] for b in batch]
 
 
-def train_loader(ds: Dataset, transform: TrainTransform, batch_size: int, seed: int, start_iter: int,
+def train_loader(ds: Dataset, transform: TrainTransform | LSJTransform, batch_size: int, seed: int, start_iter: int,
                  max_iter: int, with_masks: bool, with_keypoints: bool, num_workers: int = 2,
                  group: bool = True, rank: int = 0, world_size: int = 1) -> torch.utils.data.DataLoader:
     plan = BatchPlan([r.width >= r.height for r in ds.records], batch_size, seed, group)
