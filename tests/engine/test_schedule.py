@@ -34,6 +34,21 @@ def test_rescaled_to_dataset_keeps_epochs():
     assert round(last60, 1) == 8.1 and round(last20, 1) == 2.7  # the last 8.1 / 2.7 epochs
 
 
+def test_x_iterations_fix_1x_in_iterations_at_any_data_size():
+    """The paper's small-data runs kept iteration counts: 1x = train.x_iterations on 30 or 1,000 images,
+    the drops in the last 2/3 and 2/9 of 1x (60k and 20k of 90k) whatever N."""
+    for size in (30, 1000):
+        one = make_plan(TrainConfig(schedule="1x", batch_size=2, warmup_iters=10, x_iterations=900), size)
+        four = make_plan(TrainConfig(schedule="4x", batch_size=2, warmup_iters=10, x_iterations=900), size)
+        assert (one.total_iters, one.steps) == (900, (300, 700))
+        assert (four.total_iters, four.steps) == (3600, (3000, 3400)) and four.nx == 4.0
+        assert round(four.epochs, 1) == round(3600 * 2 / size, 1)
+    text = describe(four)
+    assert "= 4.00x (1x = 900 iterations: train.x_iterations)" in text
+    with pytest.raises(ConfigError, match="shorter than the paper's last-60k drop window"):
+        make_plan(TrainConfig(schedule="0.5x", x_iterations=900), 1000)
+
+
 def test_lr_warmup_and_drops():
     plan = make_plan(TrainConfig(schedule="2x", warmup_iters=1000, warmup_factor=0.001), COCO_TRAIN_IMAGES)
     assert plan.lr_at(0) == pytest.approx(0.02 * 0.001)

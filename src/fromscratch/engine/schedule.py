@@ -5,7 +5,9 @@ and again in the last 20k iterations, whatever N (docs/paper.md, Schedules; note
 1x drops at 60k/80k instead). Rescaling keeps the amount of training per image: at batch B the
 iteration counts scale by 16/B (detectron2's 9x at batch 64: 202.5k, drops 187.5k/197.5k), and on a
 dataset of D images by D/118,287 (1x = 12.17 epochs of COCO train2017; the drops are the last
-8.1 and 2.7 epochs), so "3x" means the same epochs on any dataset.
+8.1 and 2.7 epochs), so "3x" means the same epochs on any dataset. ``train.x_iterations`` instead sets 1x
+to a number of iterations whatever the batch and data size (drops in the last 2/3 and 2/9 of 1x): the
+paper's small-data runs kept iteration counts rather than epochs, and a miniature study sets its unit so.
 
 The length can also be given directly (config.TrainConfig): ``train.epochs`` (iterations =
 ceil(epochs x dataset size / batch)), else ``train.iterations``, else ``train.schedule``; the LR drops by
@@ -49,6 +51,7 @@ class Plan:
     warmup_factor: float
     rescale_to_dataset: bool = True  # what Nx means for this plan (nx)
     length_from: str = "train.schedule"  # the key that set the length: train.epochs, .iterations or .schedule
+    x_iterations: int | None = None  # train.x_iterations: 1x in iterations, whatever the batch and data size
 
     @property
     def epochs(self) -> float:
@@ -56,7 +59,10 @@ class Plan:
 
     @property
     def nx(self) -> float:
-        """The length as the paper's N in Nx: images seen / (90k x 16), on COCO's size when rescaled."""
+        """The length as the paper's N in Nx: images seen / (90k x 16), on COCO's size when rescaled
+        (iterations / train.x_iterations where that defines 1x)."""
+        if self.x_iterations:
+            return self.total_iters / self.x_iterations
         scale = COCO_TRAIN_IMAGES / self.dataset_size if self.rescale_to_dataset else 1.0
         return self.images / (ITERS_PER_X * PAPER_BATCH) * scale
 
@@ -79,10 +85,14 @@ class Plan:
         return d
 
 
-def paper_iterations(multiplier: float, batch_size: int, dataset_size: int | None) -> tuple[int, tuple[int, int]]:
-    """Total iterations and the two drops of ``Nx`` at ``batch_size`` (on ``dataset_size`` images)."""
+def paper_iterations(multiplier: float, batch_size: int, dataset_size: int | None,
+                     x_iterations: int | None = None) -> tuple[int, tuple[int, int]]:
+    """Total iterations and the two drops of ``Nx`` at ``batch_size`` (on ``dataset_size`` images), or
+    with 1x = ``x_iterations`` whatever the batch and data size."""
     scale = PAPER_BATCH / batch_size
-    if dataset_size is not None:
+    if x_iterations is not None:
+        scale = x_iterations / ITERS_PER_X
+    elif dataset_size is not None:
         scale *= dataset_size / COCO_TRAIN_IMAGES
     total = multiplier * ITERS_PER_X
     steps = (total - LAST_DROPS[0], total - LAST_DROPS[1])
@@ -109,7 +119,7 @@ def make_plan(cfg: TrainConfig, dataset_size: int) -> Plan:
     if cfg.epochs is not None and not 0 < cfg.epochs < float("inf"):
         raise ConfigError(f"train.epochs={cfg.epochs}: must be a number > 0")
     total, steps = paper_iterations(parse_multiplier(cfg.schedule), cfg.batch_size,
-                                    dataset_size if cfg.rescale_to_dataset else None)
+                                    dataset_size if cfg.rescale_to_dataset else None, cfg.x_iterations)
     if cfg.epochs is not None:
         length, key = epoch_iterations(cfg.epochs, dataset_size, cfg.batch_size), "train.epochs"
         given = f"train.epochs={cfg.epochs:g} ({length} iterations)"
@@ -142,7 +152,7 @@ def make_plan(cfg: TrainConfig, dataset_size: int) -> Plan:
              f"{cfg.iterations} iterations" if key == "train.iterations" else cfg.schedule)
     return Plan(label, cfg.batch_size, dataset_size, total, tuple(steps),
                 cfg.base_lr * cfg.batch_size / PAPER_BATCH, cfg.decay_factor, cfg.warmup_iters, cfg.warmup_factor,
-                cfg.rescale_to_dataset, key)
+                cfg.rescale_to_dataset, key, cfg.x_iterations)
 
 
 def describe(plan: Plan, mean_pixels: float | None = None, instances_per_image: float | None = None) -> str:
@@ -152,7 +162,8 @@ def describe(plan: Plan, mean_pixels: float | None = None, instances_per_image: 
     lines = [f"schedule {plan.schedule} at batch {plan.batch_size} on {plan.dataset_size:,} images"
              + ("" if plan.length_from == "train.schedule" else f" (length from {plan.length_from})"),
              f"  iterations: {plan.total_iters:,} = {plan.epochs:.2f} epochs = {plan.nx:.2f}x "
-             f"(N x 90k iterations at batch {PAPER_BATCH}{coco})",
+             + (f"(1x = {plan.x_iterations:,} iterations: train.x_iterations)" if plan.x_iterations else
+                f"(N x 90k iterations at batch {PAPER_BATCH}{coco})"),
              f"  LR: base {plan.base_lr:g} ({plan.base_lr * PAPER_BATCH / plan.batch_size:g} x "
              f"{plan.batch_size}/{PAPER_BATCH}), x{plan.decay_factor:g} at {drops}",
              f"  warm-up: {plan.warmup_iters:,} iterations from {plan.warmup_factor:g} x LR",
