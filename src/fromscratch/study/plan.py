@@ -48,13 +48,29 @@ class Arm(BaseModel):
 
 
 class Grid(BaseModel):
-    """The paper's small-data grid: tuned on the pre-trained arm, applied to both (Sec. 5.2)."""
+    """The paper's small-data protocol (Sec. 5.2): hyper-parameters searched on one arm (the pre-trained
+    one by default) at each listed data size and applied to every arm at that size; ``scratch_sizes``:
+    sizes where every other arm gets its own search too (the paper's 1k-image case). Trials train the
+    study's shortest schedule (or ``schedule``) with its first seed; study/grid.py runs and chooses."""
 
     model_config = ConfigDict(extra="forbid")
-    sizes: list[int]  # data sizes the grid is searched for
-    base_lr: list[float] = [0.02]
-    decay_factor: list[float] = [0.1]
+    sizes: list[int | Literal["all"]]  # data sizes the grid is searched at
+    arm: str | None = None  # the arm tuned; default: the first arm with pre-trained weights
+    scratch_sizes: list[int | Literal["all"]] = []  # sizes where the other arms are searched too
+    schedule: str | None = None  # the trials' schedule; default: the study's shortest
+    metric: str = "bbox.AP"  # the final evaluation's key the grid maximizes
+    # the values tried; an empty list keeps the detector config's value
+    base_lr: list[float] = []
+    decay_factor: list[float] = []
     train_scales: list[list[int]] = []
+
+    @model_validator(mode="after")
+    def _something_to_search(self) -> Grid:
+        if not (self.base_lr or self.decay_factor or self.train_scales):
+            raise ValueError("grid: give at least one of base_lr, decay_factor, train_scales to search")
+        if not self.sizes:
+            raise ValueError("grid.sizes: list the data sizes to search at")
+        return self
 
 
 class Study(BaseModel):
@@ -159,7 +175,40 @@ def load_study(path: str | Path) -> tuple[Study, Path]:
         raise ConfigError("invalid study config:\n  " + "\n  ".join(msgs)) from None
     if not study.arms or not study.schedules:
         raise ConfigError(f"{path}: a study needs at least one arm and one schedule")
+    if study.grid is not None:
+        _check_grid(study, path)
     return study, path.parent
+
+
+def grid_arm(study: Study) -> Arm:
+    """The arm the grid tunes: ``grid.arm``, else the first arm with pre-trained weights, else the first."""
+    assert study.grid is not None
+    if study.grid.arm is not None:
+        return next(a for a in study.arms if a.name == study.grid.arm)
+    return next((a for a in study.arms if a.weights), study.arms[0])
+
+
+def _check_grid(study: Study, path: Path) -> None:
+    g = study.grid
+    assert g is not None
+    names = [a.name for a in study.arms]
+    if g.arm is not None and g.arm not in names:
+        raise ConfigError(f"{path}: key 'grid.arm' = {g.arm!r}: not an arm of the study ({names})")
+    sizes = [str(x) for x in study.data_sizes]
+    for key, values in (("sizes", g.sizes), ("scratch_sizes", g.scratch_sizes)):
+        bad = [x for x in values if str(x) not in sizes]
+        if bad:
+            raise ConfigError(f"{path}: key 'grid.{key}' = {bad}: not among the study's data_sizes {sizes}")
+    extra = [x for x in g.scratch_sizes if str(x) not in [str(y) for y in g.sizes]]
+    if extra:
+        raise ConfigError(f"{path}: key 'grid.scratch_sizes' = {extra}: also list them in grid.sizes")
+    if g.schedule is not None:
+        parse_multiplier(g.schedule)
+    bad_scales = [v for v in g.train_scales if not v or any(x <= 0 for x in v)]
+    if bad_scales:
+        raise ConfigError(f"{path}: key 'grid.train_scales' = {bad_scales}: each entry is a list of short sides > 0")
+    if "." not in g.metric:
+        raise ConfigError(f"{path}: key 'grid.metric' = {g.metric!r}: expected 'type.key' like 'bbox.AP' or 'segm.AP'")
 
 
 def dotted_overrides(tree: dict[str, Any]) -> list[str]:
@@ -215,7 +264,7 @@ def base_config(study: Study, base: Path) -> Config:
     return load_config(base / study.detector, dotted_overrides(study.overrides))
 
 
-def _with_train(cfg: Config, output_dir: Path, tags: dict[str, Any] | None = None, **train: Any) -> Config:
+def with_train(cfg: Config, output_dir: Path, tags: dict[str, Any] | None = None, **train: Any) -> Config:
     """A validated copy (cross-field checks included) with other ``train`` keys, output folder and
     ``tracking.tags``."""
     tree = cfg.model_dump(mode="json")
@@ -226,9 +275,24 @@ def _with_train(cfg: Config, output_dir: Path, tags: dict[str, Any] | None = Non
     return config_from_dict(tree, default_source="study")
 
 
-def plan_runs(study: Study, base: Path, study_dir: Path, train_size: int) -> tuple[list[PlannedRun], dict[str, Config]]:
+def run_overrides(study: Study, arm: Arm, size: int | str, seed: int, study_dir: Path,
+                  choices: dict[str, dict[str, dict[str, Any]]] | None = None) -> dict[str, Any]:
+    """The dotted overrides of (arm, size, seed): the study's, the arm's, the training seed, the size's
+    subset and, at a grid-searched size, the grid's chosen values (``choices[size][arm]``, else
+    ``choices[size]["*"]``: the tuned arm's choice, applied to every arm; study/grid.py)."""
+    over = {**study.overrides, **arm_overrides(arm, study_dir), "train.seed": seed}
+    if size != "all":
+        over["data.subset"] = str(study_dir / "subsets" / f"train_{size}_seed{study.subset_seed}.json")
+    chosen = (choices or {}).get(str(size), {})
+    return {**over, **chosen.get(arm.name, chosen.get("*", {}))}
+
+
+def plan_runs(study: Study, base: Path, study_dir: Path, train_size: int,
+              choices: dict[str, dict[str, dict[str, Any]]] | None = None
+              ) -> tuple[list[PlannedRun], dict[str, Config]]:
     """Every run of the study, chains in order (shorter schedule first), with branch points, and each
-    run's resolved config (loaded once per arm, size and seed; schedules differ only in ``train``)."""
+    run's resolved config (loaded once per arm, size and seed; schedules differ only in ``train``).
+    ``choices``: the grid's chosen values per size (see ``run_overrides``)."""
     runs: list[PlannedRun] = []
     configs: dict[str, Config] = {}
     scheds = sorted(study.schedules, key=parse_multiplier)
@@ -236,9 +300,7 @@ def plan_runs(study: Study, base: Path, study_dir: Path, train_size: int) -> tup
         for size in study.data_sizes:
             n = train_size if size == "all" else int(size)
             for seed in study.seeds:
-                over = {**study.overrides, **arm_overrides(arm, study_dir), "train.seed": seed}
-                if size != "all":
-                    over["data.subset"] = str(study_dir / "subsets" / f"train_{size}_seed{study.subset_seed}.json")
+                over = run_overrides(study, arm, size, seed, study_dir, choices)
                 cfg = load_config(base / study.detector, dotted_overrides(over))
                 fixed = [k for k in ("epochs", "iterations") if getattr(cfg.train, k, None) is not None]
                 if fixed:  # they win over train.schedule: every schedule would train the same length
@@ -258,21 +320,27 @@ def plan_runs(study: Study, base: Path, study_dir: Path, train_size: int) -> tup
                     if prev is not None and prev.first_drop < r.first_drop:
                         r.branch_from, r.branch_iter = prev.name, prev.first_drop
                     runs.append(r)
-                    configs[r.name] = _with_train(cfg, r.folder(study_dir), tags, schedule=sched,
+                    configs[r.name] = with_train(cfg, r.folder(study_dir), tags, schedule=sched,
                                                   eval_period=period, checkpoint_period=period)
                     prev = r
     for r in runs:  # a prefix run keeps a checkpoint at the branch point
         keep = sorted({x.branch_iter for x in runs if x.branch_from == r.name})
         if keep:
             r.overrides.append(f"train.checkpoint_at={json.dumps(keep)}")
-            configs[r.name] = _with_train(configs[r.name], r.folder(study_dir), checkpoint_at=keep)
+            configs[r.name] = with_train(configs[r.name], r.folder(study_dir), checkpoint_at=keep)
     return runs, configs
 
 
 def chains(runs: list[PlannedRun]) -> list[list[PlannedRun]]:
-    """Runs grouped so that a branched run follows the run it branches from."""
-    out: dict[str, list[PlannedRun]] = {}
+    """Runs grouped so that a branched run follows the run it branches from (in the list's order, which
+    puts a prefix first); a run that branches from none of them starts a chain of its own."""
+    out: list[list[PlannedRun]] = []
+    where: dict[str, list[PlannedRun]] = {}
     for r in runs:
-        key = f"{r.arm}|{r.size}|{r.seed}"
-        out.setdefault(key, []).append(r)
-    return list(out.values())
+        chain = where.get(r.branch_from or "")
+        if chain is None:
+            chain = []
+            out.append(chain)
+        chain.append(r)
+        where[r.name] = chain
+    return out

@@ -19,6 +19,7 @@ from typing import Any
 from fromscratch.engine.schedule import parse_multiplier
 from fromscratch.study.accounting import KINDS, fmt, pretrain_samples, read_metrics, total_samples
 from fromscratch.study.adaptive import summary_lines
+from fromscratch.study.grid import report_lines as grid_lines
 from fromscratch.study.plan import study_validation
 from fromscratch.study.verdict import gap_tables, verdict_text, verdicts
 from fromscratch.utils import atomic_write_text
@@ -186,6 +187,7 @@ def write_report(study_dir: str | Path) -> tuple[Path, list[str]]:
              f"{plan['train_size']}; seeds: {plan['study']['seeds']}.", "", "## Verdict", ""]
     lines += [f"- {t}" for t in texts] or ["- not enough finished runs for a verdict"]
     lines += [""] + tables(plan, table) + [""] + gap_tables(vs) + [""] + summary_lines(study_dir)
+    lines += grid_lines(study_dir)
     lines += ["", "## Plots", ""]
     lines += [f"![{name}]({name})" for name in figs]
     lines += ["", "## Sample accounting", "",

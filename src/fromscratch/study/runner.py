@@ -21,6 +21,7 @@ from fromscratch.data.build import train_image_ids
 from fromscratch.data.subsets import choose_subset, write_subset
 from fromscratch.engine import checkpoint as ckpt
 from fromscratch.errors import FromScratchError
+from fromscratch.study.grid import choose, load_choices, plan_trials
 from fromscratch.study.plan import (
     PlannedRun,
     Study,
@@ -143,28 +144,28 @@ def _run_locked(path: str | Path, study: Study, base: Path, study_dir: Path, pla
     if study.adaptive:  # seeds it may add are planned (and their configs written) up front
         extra = [max(study.seeds) + 1 + i for i in range(max(0, study.max_seeds - len(study.seeds)))]
         planned = study.model_copy(update={"seeds": study.seeds + extra})
-    runs, configs = plan_runs(planned, base, study_dir, len(ids))
-    for r in runs:  # what each run trains with, resolved: read by subprocess runs and the report
-        atomic_write_text(study_dir / "configs" / f"{r.name}.yaml", dump_config(configs[r.name]))
-    atomic_write_text(study_dir / "plan.json", json.dumps({"study": study.model_dump(mode="json"),
-                                                            "detector": str((base / study.detector).resolve()),
-                                                            "train_size": len(ids),
-                                                            "runs": [asdict(r) for r in runs]}, indent=1))
+    trials, trial_configs = plan_trials(study, base, study_dir, len(ids))
+    runs, configs = _write_plan(study, planned, base, study_dir, ids, trials, trial_configs, load_choices(study_dir))
     if plan_only:
         from fromscratch.study.cost import plan_cost
 
-        plan_cost(study_dir, runs, configs, planned, step_time, timed)
+        plan_cost(study_dir, trials + runs, {**trial_configs, **configs}, planned, step_time, timed)
         return study_dir
     if study.executor == "slurm":
         from fromscratch.study.slurm import run_on_slurm
 
-        def execute_some(some: list[PlannedRun]) -> None:
-            run_on_slurm(some, study, base, study_dir, study.slurm or cfg.slurm, wait or study.adaptive)
+        def execute_some(some: list[PlannedRun], wait_for_end: bool = False) -> None:
+            run_on_slurm(some, study, base, study_dir, study.slurm or cfg.slurm, wait or wait_for_end or study.adaptive)
     else:
         run_pretrain_stage(study, cfg, study_dir)
 
-        def execute_some(some: list[PlannedRun]) -> None:
-            execute_runs(some, configs, study, study_dir)
+        def execute_some(some: list[PlannedRun], wait_for_end: bool = False) -> None:
+            execute_runs(some, {**trial_configs, **configs}, study, study_dir)
+    if trials:  # the grid first: every run at a searched size uses what it chose
+        execute_some(trials, True)
+        choose(study, trials, study_dir)
+        runs, configs = _write_plan(study, planned, base, study_dir, ids, trials, trial_configs,
+                                    load_choices(study_dir))
     if study.adaptive:
         from fromscratch.study.adaptive import run_adaptive
         from fromscratch.study.report import write_report
@@ -177,6 +178,21 @@ def _run_locked(path: str | Path, study: Study, base: Path, study_dir: Path, pla
     else:
         execute_some(runs)
     return study_dir
+
+
+def _write_plan(study: Study, planned: Study, base: Path, study_dir: Path, ids: list[int], trials: list[PlannedRun],
+                trial_configs: dict[str, Config], choices: dict | None) -> tuple[list[PlannedRun], dict[str, Config]]:
+    """Plan the runs (with the grid's choices, once it has chosen) and write every resolved config and
+    ``plan.json`` (its ``grid_trials`` apart from ``runs``: the report's tables hold runs only)."""
+    runs, configs = plan_runs(planned, base, study_dir, len(ids), choices)
+    for r in trials + runs:  # what each run trains with, resolved: read by subprocess runs and the report
+        atomic_write_text(study_dir / "configs" / f"{r.name}.yaml", dump_config({**trial_configs, **configs}[r.name]))
+    atomic_write_text(study_dir / "plan.json", json.dumps({"study": study.model_dump(mode="json"),
+                                                            "detector": str((base / study.detector).resolve()),
+                                                            "train_size": len(ids),
+                                                            "runs": [asdict(r) for r in runs],
+                                                            "grid_trials": [asdict(t) for t in trials]}, indent=1))
+    return runs, configs
 
 
 def execute_runs(runs: list[PlannedRun], configs: dict[str, Config], study: Study, study_dir: Path) -> None:
