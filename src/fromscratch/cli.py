@@ -6,6 +6,7 @@ exception is a bug in fromscratch and keeps its traceback with a line asking to 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 import traceback
@@ -136,6 +137,14 @@ def _add_study_parsers(sub: argparse._SubParsersAction) -> None:
                     help="forecast each chain's longest schedule from the shorter ones: error and coverage")
     fo.add_argument("--seed-std", type=float, default=1.0, help="assumed seed spread (AP) when one seed")
     fo.add_argument("--out", help="also write the table to this Markdown file")
+    cp = sub.add_parser("compare", help="two sets of runs (e.g. fp32 vs bf16, one run per seed): every metric's "
+                        "gap with a paired-bootstrap interval and the within/ahead/undecided decision")
+    cp.add_argument("--a", nargs="+", required=True, metavar="RUN", help="run folders of side A (one per seed)")
+    cp.add_argument("--b", nargs="+", required=True, metavar="RUN", help="run folders of side B (one per seed)")
+    cp.add_argument("--names", nargs=2, default=["A", "B"], metavar=("A", "B"), help="what to call the sides")
+    cp.add_argument("--margin", type=float, default=1.0, help="δ in AP: 'within' needs the interval inside ±δ")
+    cp.add_argument("--seed-std", type=float, default=1.0, help="assumed seed spread (AP) for a side with one run")
+    cp.add_argument("--out", help="also write the table (.md) or the numbers (.json) to this file")
     rp = sub.add_parser("report", help="rebuild report.md and plots from a study folder (no training)")
     rp.add_argument("study_dir")
     sub.add_parser("demo", help="the main job: configs/demo.yaml (what `make demo` runs)")
@@ -442,6 +451,19 @@ def cmd_forecast(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from fromscratch.study.compare import compare_runs, compare_text
+    from fromscratch.utils import atomic_write_text
+
+    c = compare_runs([Path(x) for x in args.a], [Path(x) for x in args.b], args.margin, args.seed_std,
+                     tuple(args.names))
+    text = compare_text(c)
+    print(text)
+    if args.out:
+        atomic_write_text(Path(args.out), json.dumps(c, indent=1) if args.out.endswith(".json") else text + "\n")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     print("fromscratch demo: pre-train on fashion-mnist, then scratch vs pre-trained Mask R-CNN on fashion-scenes "
           "(configs/demo.yaml)", flush=True)
@@ -474,7 +496,8 @@ def cmd_configs(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"configs": cmd_configs, "predict": cmd_predict, "config": cmd_config, "pretrain": cmd_pretrain,
-            "study": cmd_study, "report": cmd_report, "forecast": cmd_forecast, "init": cmd_init,
+            "study": cmd_study, "report": cmd_report, "compare": cmd_compare, "forecast": cmd_forecast,
+            "init": cmd_init,
             "demo": cmd_demo, "model": cmd_model, "train": cmd_train, "eval": cmd_eval,
             "schedule": cmd_schedule, "data": cmd_data, "validate": cmd_validate, "export": cmd_export}
 
