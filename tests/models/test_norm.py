@@ -65,6 +65,29 @@ def test_syncbn_equals_bn_over_concatenated_batch(tmp_path, n0, n1):
         torch.testing.assert_close(r[k]["rv"], rv, atol=1e-5, rtol=1e-5)
 
 
+def _empty_worker(rank: int, init: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    bn = SyncBatchNorm(C)
+    x = torch.zeros(0, C, 5, 6, requires_grad=True)
+    y = bn(x)
+    y.sum().backward()
+    torch.save({"shape": tuple(y.shape), "rm": bn.running_mean, "rv": bn.running_var,
+                "n": int(bn.num_batches_tracked), "gw": bn.weight.grad}, f"{out}/{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_syncbn_with_every_process_empty_keeps_its_statistics(tmp_path):
+    """RoI heads with no RoI anywhere: an empty output, running statistics and their count untouched."""
+    mp.spawn(_empty_worker, args=(f"file://{tmp_path}/store", str(tmp_path)), nprocs=2, join=True)
+    for k in (0, 1):
+        r = torch.load(tmp_path / f"{k}.pt")
+        assert r["shape"] == (0, C, 5, 6) and r["n"] == 0
+        torch.testing.assert_close(r["rm"], torch.zeros(C))
+        torch.testing.assert_close(r["rv"], torch.ones(C))
+        torch.testing.assert_close(r["gw"], torch.zeros(C))
+
+
 def test_syncbn_single_process_is_bn_and_accepts_empty():
     torch.manual_seed(0)
     a, b = SyncBatchNorm(C), nn.BatchNorm2d(C)

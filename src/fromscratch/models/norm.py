@@ -1,11 +1,13 @@
 """Normalization by name: "GN" | "SyncBN" | "FrozenBN" | "BN" | "none" -> a layer factory
 (detectron2's ``get_norm`` string factory; the paper replaces every frozen BN with GN or SyncBN).
 
-SyncBN: on CUDA, torch's ``nn.SyncBatchNorm`` (which handles a process with an empty input since
-torch 1.x, pytorch #36530). torch's refuses CPU tensors, so on CPU (gloo) the batch statistics are
-all-reduced here with an autograd-aware all-reduce: sums and counts, not means, so processes with
-unequal batch sizes, or none at all (RoI heads can get zero RoIs, detectron2 #366), still give the
-statistics and gradients of BN over the concatenated batch.
+SyncBN: the batch statistics are all-reduced here, on CPU (gloo) and CUDA (NCCL) alike, with an
+autograd-aware all-reduce of sums and counts, not means: processes with unequal batch sizes, or with
+none at all (RoI heads can get zero RoIs, detectron2 #366), give the statistics and gradients of BN over
+the concatenated batch, weighted by each process's sample count (detectron2's NaiveSyncBatchNorm with
+stats_mode="N", mmcv's SyncBN). One code path, so what the CPU tests prove holds on the GPU: torch's
+``nn.SyncBatchNorm`` refuses CPU tensors, and its handling of empty inputs changed between releases.
+Statistics in float64, no host sync (no ``.item()``), so it stays cheap inside a CUDA step.
 """
 from __future__ import annotations
 
@@ -27,8 +29,8 @@ NORMS = ("GN", "SyncBN", "FrozenBN", "BN", "none")
 class SyncBatchNorm(_BatchNorm):
     """Cross-process BN that also runs on CPU (gloo) and with empty inputs on some processes.
 
-    Not a subclass of ``nn.SyncBatchNorm``: DDP refuses those in CPU modules. On CUDA it runs
-    ``nn.SyncBatchNorm.forward`` (the same attributes: ``process_group`` and the BN buffers).
+    Not a subclass of ``nn.SyncBatchNorm``: DDP refuses those in CPU modules. Same attributes
+    (``process_group`` and the BN buffers), so ``nn.SyncBatchNorm`` checkpoints load.
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
@@ -49,8 +51,6 @@ class SyncBatchNorm(_BatchNorm):
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                                 self.training, self.momentum if self.momentum is not None else 0.1, self.eps) \
                 if x.numel() else x * self.weight.view(1, -1, *[1] * (x.dim() - 2))
-        if x.is_cuda:
-            return nn.SyncBatchNorm.forward(self, x)  # type: ignore[arg-type]
         return self._allreduce_forward(x)
 
     def _allreduce_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -59,7 +59,7 @@ class SyncBatchNorm(_BatchNorm):
         c = x.shape[1]
         dims = [0] + list(range(2, x.dim()))
         xd = x.double()
-        count = torch.full((1,), x.numel() // c if x.numel() else 0, dtype=torch.float64)
+        count = torch.full((1,), x.numel() // c if x.numel() else 0, dtype=torch.float64, device=x.device)
         if x.numel():
             local = torch.cat([xd.sum(dims), (xd * xd).sum(dims)])
         else:  # zeros that depend on the weight: this process must join the backward all-reduce too
@@ -68,16 +68,15 @@ class SyncBatchNorm(_BatchNorm):
         stats = all_reduce(stats, group=self.process_group or dist.group.WORLD)
         n = stats[-1]
         shape = (1, c) + (1,) * (x.dim() - 2)
-        if n.item() == 0:
-            return x * self.weight.view(shape)
-        mean = stats[:c] / n
-        var = (stats[c:2 * c] / n - mean * mean).clamp_min(0)
+        seen = n > 0  # False only when every process is empty: then x is empty too, the buffers stay
+        mean = stats[:c] / n.clamp_min(1)
+        var = (stats[c:2 * c] / n.clamp_min(1) - mean * mean).clamp_min(0)
         with torch.no_grad():
-            m = self.momentum if self.momentum is not None else 0.1
+            m = (self.momentum if self.momentum is not None else 0.1) * seen.double()
             unbiased = var * n / (n - 1).clamp_min(1)
             self.running_mean.mul_(1 - m).add_(m * mean.to(self.running_mean.dtype))
             self.running_var.mul_(1 - m).add_(m * unbiased.to(self.running_var.dtype))
-            self.num_batches_tracked.add_(1)
+            self.num_batches_tracked.add_(seen.long())
         inv = torch.rsqrt(var + self.eps).to(x.dtype)
         return (x - mean.to(x.dtype).view(shape)) * (inv * self.weight).view(shape) + self.bias.view(shape)
 
