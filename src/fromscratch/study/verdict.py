@@ -144,17 +144,23 @@ def verdicts(plan: dict, cells: dict, study_dir: Path, cfg: Any = None, val: Any
     """Per data size and pre-trained arm (against the arm with no weights); ``cfg``/``val``: the study's
     run config and validation set (plan.study_validation), for the per-image bootstrap."""
     arms = plan["study"]["arms"]
-    scratch = next((a["name"] for a in arms if not a.get("weights")), None)
-    if scratch is None:
-        return []
     ev = Evidence(study_dir, validation_gt(cfg, val))
     out = []
     for size in [str(s) for s in plan["study"]["data_sizes"]]:
-        for arm in [a["name"] for a in arms if a.get("weights")]:
-            v = verdict_for(plan, cells, ev, size, arm, scratch)
+        for a in [a for a in arms if a.get("weights")]:
+            scratch = scratch_arm(arms, a)
+            v = verdict_for(plan, cells, ev, size, a["name"], scratch) if scratch else None
             if v is not None:
+                v["augmentation"] = a.get("augmentation")
                 out.append(v)
     return out
+
+
+def scratch_arm(arms: list[dict], arm: dict) -> str | None:
+    """The arm a pre-trained arm is compared with: the first arm without weights under the same
+    augmentation (the study's augmentations: axis compares within each strength)."""
+    return next((a["name"] for a in arms if not a.get("weights")
+                 and a.get("augmentation") == arm.get("augmentation")), None)
 
 
 def _iv(g: dict) -> str:
@@ -231,6 +237,23 @@ def gap_tables(vs: list[dict[str, Any]]) -> list[str]:
             lines.append(f"| {v['size']} | {arms} | {label} | {g['metric']} | {g['gap']:+.1f} | "
                          f"[{g['lo']:+.1f}, {g['hi']:+.1f}] | {decide(_gap(g), v['margin'])} |")
     return lines
+
+
+def augmentation_table(vs: list[dict[str, Any]]) -> list[str]:
+    """Markdown, for a study with an augmentations: axis: per data size, each strength's best pre-trained
+    and best scratch box AP and their gap, side by side (does stronger augmentation close the gap?)."""
+    rows = [v for v in vs if v.get("augmentation")]
+    if not rows:
+        return []
+    lines = ["## Augmentation strength (the same arms under each data.augmentation)", "",
+             "| data | augmentation | arms | best pre-trained | best scratch | gap (best vs best) | decision |",
+             "|---|---|---|---|---|---|---|"]
+    for v in rows:
+        g = v["gaps"]["bbox.AP"]
+        lines.append(f"| {v['size']} | {v['augmentation']} | {v['arm']} − {v['scratch']} | "
+                     f"{v['best_pretrained']:.1f} ({v['best_pretrained_schedule']}) | {v['best_scratch']:.1f} "
+                     f"({v['best_scratch_schedule']}) | {_iv(g)} | {v['decision']} |")
+    return lines + [""]
 
 
 def _gap(d: dict[str, Any]) -> Gap:
