@@ -139,6 +139,51 @@ def tables(plan: dict, table: dict[tuple[str, str, str], Cell]) -> list[str]:
     return lines
 
 
+def final_loss(res: RunResult, tail: float = 0.1) -> float | None:
+    """Mean training loss over the last ``tail`` of a finished run's iterations (a smoothed final loss)."""
+    if res.final is None or not res.train:
+        return None
+    end = res.final["iteration"]
+    last = [t["loss"] for t in res.train if t["iteration"] > end * (1 - tail)] or [res.train[-1]["loss"]]
+    return statistics.fmean(last)
+
+
+def loss_table(plan: dict, results: list[RunResult]) -> list[str]:
+    """Markdown: the final training loss next to the final val AP, per size and arm at the longest finished
+    schedule (the paper's Fig. 8: pre-training regularizes only if scratch fits the training set as well
+    but generalizes worse)."""
+    scheds = sorted(plan["study"]["schedules"], key=parse_multiplier)
+    rows: dict[tuple[str, str], list[RunResult]] = {}
+    for res in results:
+        if res.final is not None:
+            key = (str(res.run["size"]), res.run["arm"])
+            have = rows.get(key)
+            rank = scheds.index(res.run["schedule"])
+            if have is None or rank > scheds.index(have[0].run["schedule"]):
+                rows[key] = [res]
+            elif rank == scheds.index(have[0].run["schedule"]):
+                have.append(res)
+    if not rows:
+        return []
+
+    def ms(v: list[float], digits: int) -> str:
+        return f"{statistics.fmean(v):.{digits}f}" + (f" ± {statistics.stdev(v):.{digits}f}" if len(v) > 1 else "")
+
+    lines = ["## Training loss and val AP (like the paper's Fig. 8)", "",
+             "Final training loss (mean over the last 10% of iterations) beside the final val box AP, at each arm's "
+             "longest finished schedule (mean ± std over seeds): pre-training acts as a regularizer only where "
+             "scratch fits the training images about as well but scores lower on the validation images.", "",
+             "| data | arm | schedule | seeds | final training loss | val box AP |", "|---|---|---|---|---|---|"]
+    sizes = [str(x) for x in plan["study"]["data_sizes"]]
+    arms = [a["name"] for a in plan["study"]["arms"]]
+    for (size, arm), rs in sorted(rows.items(), key=lambda kv: (sizes.index(kv[0][0]), arms.index(kv[0][1]))):
+        losses = [x for x in (final_loss(r) for r in rs) if x is not None]
+        aps = [r.final["bbox"]["AP"] for r in rs if r.final and "bbox" in r.final]
+        if losses and aps:
+            lines.append(f"| {size} | {arm} | {rs[0].run['schedule']} | {len(rs)} | {ms(losses, 3)} | {ms(aps, 1)} |")
+    return lines + [""]
+
+
 def write_suite_report(suite_dir: Path) -> tuple[Path, list[str]]:
     """One report for a suite: each part's report rebuilt, then put together (headings one level down,
     plot links pointing into the part's folder), with every part's verdict at the top."""
@@ -187,7 +232,7 @@ def write_report(study_dir: str | Path) -> tuple[Path, list[str]]:
              f"{plan['train_size']}; seeds: {plan['study']['seeds']}.", "", "## Verdict", ""]
     lines += [f"- {t}" for t in texts] or ["- not enough finished runs for a verdict"]
     lines += [""] + augmentation_table(vs) + tables(plan, table) + [""] + gap_tables(vs) + [""]
-    lines += summary_lines(study_dir)
+    lines += loss_table(plan, results) + summary_lines(study_dir)
     lines += grid_lines(study_dir)
     lines += ["", "## Plots", ""]
     lines += [f"![{name}]({name})" for name in figs]
