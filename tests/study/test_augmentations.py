@@ -56,3 +56,12 @@ def test_a_study_with_two_augmentations_reports_them_side_by_side(tmp_path):
     assert "| all | lsj_copypaste | pre_lsj_copypaste − scratch_lsj_copypaste |" in report
     verdicts = json.loads((sd / "verdict.json").read_text())
     assert sorted(v["augmentation"] for v in verdicts) == ["lsj_copypaste", "standard"]
+
+
+def test_an_ssl_arm_has_one_stage_under_every_strength(tmp_path):
+    from fromscratch.study.plan import stage_dir
+
+    arms = ["scratch", {"name": "ssl", "weights": "ssl"}]
+    study, _ = load_study(make_study(tmp_path, arms=arms, augmentations=["standard", "lsj"]))
+    dirs = {stage_dir(a, tmp_path) for a in study.arms if a.weights}
+    assert dirs == {tmp_path / "pretrain_ssl"}

@@ -105,3 +105,30 @@ def test_a_study_with_a_grid_trains_the_trials_then_the_runs_with_the_choice(tmp
         assert f"base_lr: {chosen}" in (sd / "runs" / run / "config.yaml").read_text()
     text = write_report(sd)[0].read_text()
     assert "## Hyper-parameter grid" in text and "| 2 | tuned | base_lr=0.0 |" in text and "**yes**" in text
+
+
+def test_changed_grid_values_are_not_credited_to_old_trials(tmp_path):
+    study, base = load_study(make_study(tmp_path, grid={"sizes": [2], "base_lr": [0.01, 0.04]}))
+    sd = tmp_path / "study"
+    trials, configs = plan_trials(study, base, sd, 4)
+    from fromscratch.config import dump_config
+
+    for t in trials:
+        _eval_line(t.folder(sd), 12, 1.0)
+        (t.folder(sd) / "config.yaml").write_text(dump_config(configs[t.name]))
+    choose(study, trials, sd)  # same values: fine
+    changed, _ = load_study(make_study(tmp_path, grid={"sizes": [2], "base_lr": [0.02, 0.04]}))
+    with pytest.raises(ConfigError, match="grid_2_pretrained_0 trained with train.base_lr=0.01"):
+        choose(changed, trials, sd)
+
+
+def test_status_lists_the_grid_trials(tmp_path):
+    from fromscratch.study.status import status_lines
+
+    sd = tmp_path / "study"
+    sd.mkdir()
+    trial = {"name": "grid_2_pre_0", "total_iters": 12}
+    (sd / "plan.json").write_text(json.dumps({"runs": [{"name": "pre_2_1x_s0", "total_iters": 12}],
+                                              "grid_trials": [trial]}))
+    lines = status_lines(sd)
+    assert lines[0].endswith("1 runs (and 1 grid trials)") and "grid_2_pre_0" in lines[1]

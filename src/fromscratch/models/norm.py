@@ -58,10 +58,10 @@ class SyncBatchNorm(_BatchNorm):
 
         c = x.shape[1]
         dims = [0] + list(range(2, x.dim()))
-        xd = x.double()
+        xf = x.float()  # x itself in fp32; a float32 copy under bf16/fp16 autocast (no float64 copy kept)
         count = torch.full((1,), x.numel() // c if x.numel() else 0, dtype=torch.float64, device=x.device)
-        if x.numel():
-            local = torch.cat([xd.sum(dims), (xd * xd).sum(dims)])
+        if x.numel():  # sums accumulated in float64
+            local = torch.cat([xf.sum(dims, dtype=torch.float64), (xf * xf).sum(dims, dtype=torch.float64)])
         else:  # zeros that depend on the weight: this process must join the backward all-reduce too
             local = (self.weight.double().sum() * 0).expand(2 * c)
         stats = torch.cat([local, count])
@@ -77,8 +77,9 @@ class SyncBatchNorm(_BatchNorm):
             self.running_mean.mul_(1 - m).add_(m * mean.to(self.running_mean.dtype))
             self.running_var.mul_(1 - m).add_(m * unbiased.to(self.running_var.dtype))
             self.num_batches_tracked.add_(seen.long())
-        inv = torch.rsqrt(var + self.eps).to(x.dtype)
-        return (x - mean.to(x.dtype).view(shape)) * (inv * self.weight).view(shape) + self.bias.view(shape)
+        inv = torch.rsqrt(var + self.eps).float()  # normalized in fp32, returned in the input's dtype
+        y = (xf - mean.float().view(shape)) * (inv * self.weight.float()).view(shape) + self.bias.float().view(shape)
+        return y.to(x.dtype)
 
 
 def gn_groups_for(channels: int, groups: int) -> int:

@@ -16,7 +16,7 @@ from typing import Any
 from fromscratch.config import load_config
 from fromscratch.errors import FromScratchError
 from fromscratch.study.accounting import read_metrics
-from fromscratch.study.stats import compare, decide, what_would_decide
+from fromscratch.study.stats import arm_variance, compare, decide, what_would_decide
 from fromscratch.study.verdict import IOU_TYPES, LEVEL
 
 
@@ -51,6 +51,11 @@ def compare_runs(a: list[Path], b: list[Path], margin: float = 1.0, seed_std: fl
         return match_per_image(gt, json.loads(path.read_text()), t) if gt is not None and path.exists() else None
 
     na = len(a)
+    sides = (range(na), range(na, len(folders)))
+
+    def finals_of(t: str, k: str, idx: range) -> list[float]:
+        return [finals[i][t][k] for i in idx]
+
     gaps: dict[str, Any] = {}
     for t in IOU_TYPES:
         if not all(t in f for f in finals):
@@ -69,7 +74,9 @@ def compare_runs(a: list[Path], b: list[Path], margin: float = 1.0, seed_std: fl
         means = [statistics.fmean(finals[i][t][k] for i in idx) for idx in (range(na), range(na, len(folders)))]
         rows.append({"metric": key, "a": means[0], "b": means[1], "gap": g.gap, "lo": g.lo, "hi": g.hi,
                      "decision": words[d], "images_resampled": g.images_resampled, "seeds_measured": g.seeds_measured,
-                     "what_would_decide": what_would_decide(g, margin, seed_std ** 2).text if d == "undecided" else ""})
+                     "what_would_decide": what_would_decide(g, margin, statistics.fmean(
+                         [arm_variance(finals_of(t, k, idx), seed_std) for idx in sides])).text
+                     if d == "undecided" else ""})
     return {"names": list(names), "a": [str(x) for x in a], "b": [str(x) for x in b], "margin": margin,
             "level": LEVEL, "iterations": [f["iteration"] for f in finals], "rows": rows}
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from fromscratch.config import Config, load_config
 from fromscratch.engine.schedule import make_plan, parse_multiplier
+from fromscratch.errors import ConfigError
 from fromscratch.study.accounting import read_metrics
 from fromscratch.study.plan import Arm, PlannedRun, Study, dotted_overrides, grid_arm, run_overrides, with_train
 from fromscratch.utils import atomic_write_text
@@ -77,13 +78,32 @@ def plan_trials(study: Study, base: Path, study_dir: Path,
 
 
 def final_metric(folder: Path, total_iters: int, metric: str) -> float | None:
-    """The trial's ``metric`` (e.g. "bbox.AP") at its last iteration, None while it is not there."""
+    """The trial's ``metric`` (e.g. "bbox.AP") at its last iteration (or where it stopped early), None
+    while it is not there."""
     _, evals = read_metrics(folder)
     kind, key = metric.split(".", 1)
     last = evals[-1] if evals else None
-    if last is None or last["iteration"] != total_iters or kind not in last:
+    stop = folder / "early_stopped.json"
+    end = json.loads(stop.read_text())["iteration"] if stop.exists() else total_iters
+    if last is None or last["iteration"] != end or kind not in last:
         return None
     return float(last[kind][key])
+
+
+def _check_values(trial: PlannedRun, combo: dict[str, Any], study_dir: Path) -> None:
+    """A finished trial must have trained with the values its index stands for now: a grid whose values
+    changed since would otherwise credit old results to new values."""
+    path = trial.folder(study_dir) / "config.yaml"
+    if not path.exists():
+        return
+    saved = load_config(path)
+    for dotted, value in combo.items():
+        section, key = dotted.split(".", 1)
+        have = getattr(getattr(saved, section), key)
+        if have != value:
+            raise ConfigError(f"{path}: grid trial {trial.name} trained with {dotted}={json.dumps(have)}, but the "
+                              f"study's grid now gives it {json.dumps(value)}: the grid's values changed since; "
+                              f"remove {study_dir / 'runs'}/grid_* (and grid.json) to search again")
 
 
 def choose(study: Study, trials: list[PlannedRun], study_dir: Path) -> dict[str, Any]:
@@ -97,6 +117,7 @@ def choose(study: Study, trials: list[PlannedRun], study_dir: Path) -> dict[str,
     best: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
     for t in trials:
         k = int(t.name.rsplit("_", 1)[1])
+        _check_values(t, combos[k], study_dir)
         value = final_metric(t.folder(study_dir), t.total_iters, study.grid.metric)
         rows.append({"run": t.name, "size": str(t.size), "arm": t.arm, "values": combos[k], study.grid.metric: value})
         if value is None:

@@ -203,15 +203,15 @@ def load_study(path: str | Path) -> tuple[Study, Path]:
 def grid_arm(study: Study) -> Arm:
     """The arm the grid tunes: ``grid.arm``, else the first arm with pre-trained weights, else the first."""
     assert study.grid is not None
-    if study.grid.arm is not None:
-        return next(a for a in study.arms if a.name == study.grid.arm)
+    if study.grid.arm is not None:  # the arm's name, or its name in the study file (augmentations: axis)
+        return next(a for a in study.arms if study.grid.arm in (a.name, base_name(a)))
     return next((a for a in study.arms if a.weights), study.arms[0])
 
 
 def _check_grid(study: Study, path: Path) -> None:
     g = study.grid
     assert g is not None
-    names = [a.name for a in study.arms]
+    names = [a.name for a in study.arms] + [base_name(a) for a in study.arms]
     if g.arm is not None and g.arm not in names:
         raise ConfigError(f"{path}: key 'grid.arm' = {g.arm!r}: not an arm of the study ({names})")
     sizes = [str(x) for x in study.data_sizes]
@@ -235,9 +235,16 @@ def dotted_overrides(tree: dict[str, Any]) -> list[str]:
     return [f"{k}={json.dumps(v)}" for k, v in tree.items()]
 
 
+def base_name(arm: Arm | dict[str, Any]) -> str:
+    """The arm's name as the study file gives it (without the augmentations: axis's ``_<strength>``)."""
+    a = arm if isinstance(arm, dict) else arm.model_dump()
+    return a["name"].removesuffix(f"_{a['augmentation']}") if a.get("augmentation") else a["name"]
+
+
 def stage_dir(arm: Arm, study_dir: Path) -> Path:
-    """Where an arm's pre-training stage writes: the shared supervised stage, or the arm's own SSL one."""
-    return study_dir / ("pretrain" if arm.weights == STAGE else f"pretrain_{arm.name}")
+    """Where an arm's pre-training stage writes: the shared supervised stage, or the arm's own SSL one
+    (one per arm of the study file: under every augmentation strength the arm starts from the same stage)."""
+    return study_dir / ("pretrain" if arm.weights == STAGE else f"pretrain_{base_name(arm)}")
 
 
 def stages(study: Study, study_dir: Path, default: PretrainConfig) -> dict[Path, tuple[PretrainConfig, list[str]]]:

@@ -20,7 +20,7 @@ from fromscratch.engine.schedule import parse_multiplier
 from fromscratch.study.accounting import KINDS, fmt, pretrain_samples, read_metrics, total_samples
 from fromscratch.study.adaptive import summary_lines
 from fromscratch.study.grid import report_lines as grid_lines
-from fromscratch.study.plan import study_validation
+from fromscratch.study.plan import base_name, study_validation
 from fromscratch.study.verdict import augmentation_table, gap_tables, verdict_text, verdicts
 from fromscratch.utils import atomic_write_text
 
@@ -90,7 +90,7 @@ def stage_lines(study_dir: Path) -> list[str]:
 
 def load_results(study_dir: Path) -> tuple[dict, list[RunResult]]:
     plan = json.loads((study_dir / "plan.json").read_text())
-    weights = {a["name"]: a.get("weights") for a in plan["study"]["arms"]}
+    arms = {a["name"]: a for a in plan["study"]["arms"]}
     results = []
     for r in plan["runs"]:
         folder = study_dir / "runs" / r["name"]
@@ -98,7 +98,7 @@ def load_results(study_dir: Path) -> tuple[dict, list[RunResult]]:
         branch = json.loads((folder / "branch.json").read_text()) if (folder / "branch.json").exists() else None
         early = json.loads((folder / "early_stopped.json").read_text()) \
             if (folder / "early_stopped.json").exists() else None
-        pre = pretrain_samples(weights[r["arm"]], study_dir, r["arm"])
+        pre = pretrain_samples(arms[r["arm"]].get("weights"), study_dir, base_name(arms[r["arm"]]))
         results.append(RunResult(r, train, evals, pre, branch, early))
     return plan, results
 

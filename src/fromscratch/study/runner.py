@@ -145,7 +145,8 @@ def _run_locked(path: str | Path, study: Study, base: Path, study_dir: Path, pla
         extra = [max(study.seeds) + 1 + i for i in range(max(0, study.max_seeds - len(study.seeds)))]
         planned = study.model_copy(update={"seeds": study.seeds + extra})
     trials, trial_configs = plan_trials(study, base, study_dir, len(ids))
-    runs, configs = _write_plan(study, planned, base, study_dir, ids, trials, trial_configs, load_choices(study_dir))
+    choices = load_choices(study_dir) if study.grid else None  # a grid removed from the study is not applied
+    runs, configs = _write_plan(study, planned, base, study_dir, ids, trials, trial_configs, choices)
     if plan_only:
         from fromscratch.study.cost import plan_cost
 

@@ -237,7 +237,8 @@ def cancel(study_dir: Path) -> list[str]:
     """scancel the queued jobs of the study's incomplete runs (and of its pre-training stage)."""
     plan = json.loads((study_dir / "plan.json").read_text())
     queued = queue()
-    folders = [study_dir / "runs" / r["name"] for r in plan["runs"]] + [study_dir / "pretrain"]
+    folders = [study_dir / "runs" / r["name"] for r in plan.get("grid_trials", []) + plan["runs"]] + \
+        sorted(study_dir.glob("pretrain*"))
     ids = [rec["job_id"] for f in folders if (rec := job_of(f)) and rec["job_id"] in queued]
     if ids:
         subprocess.run(["scancel", *ids], check=False)

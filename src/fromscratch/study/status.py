@@ -46,11 +46,13 @@ def run_state(folder: Path, total: int, queued: dict[str, tuple[str, str]]) -> t
 
 def status_lines(study_dir: Path) -> list[str]:
     plan = json.loads((study_dir / "plan.json").read_text())
-    slurm = any((study_dir / "runs" / r["name"] / "slurm.json").exists() for r in plan["runs"])
+    runs = plan.get("grid_trials", []) + plan["runs"]  # the grid's trials run first
+    slurm = any((study_dir / "runs" / r["name"] / "slurm.json").exists() for r in runs)
     queued = queue() if slurm else {}
-    out = [f"{study_dir}: {len(plan['runs'])} runs"]
+    trials = f" (and {len(plan['grid_trials'])} grid trials)" if plan.get("grid_trials") else ""
+    out = [f"{study_dir}: {len(plan['runs'])} runs{trials}"]
     counts: dict[str, int] = {}
-    for r in plan["runs"]:
+    for r in runs:
         state, detail = run_state(study_dir / "runs" / r["name"], r["total_iters"], queued)
         counts[state] = counts.get(state, 0) + 1
         out.append(f"  {r['name']:<28} {state:<11} {detail}")
