@@ -24,6 +24,10 @@ def _v(decision, catch_up="none", pre_forecast=(), seeds_needed=None, best_pre=2
     (_v("scratch ahead", catch_up={"schedule": 1.0}), 1, 1, "final"),  # scratch beats pre-training's best
     (_v("pretrained ahead", catch_up={"schedule": 3.0}), 2, 1, "extend"),  # ... or it is: go and see
     (_v("pretrained ahead", catch_up={"schedule": 6.0}), 2, 1, "final"),  # only beyond the study's 3x
+    # pre-training itself still climbing (2.6 -> 16.2, forecast 30 at 3x): a 2-point extrapolation, go on
+    (_v("pretrained ahead", catch_up=None, pre_forecast=[(1, 2.6), (2, 16.2), (3, 30.0)], best_pre=16.2), 2, 1,
+     "extend"),
+    (_v("pretrained ahead", catch_up=None), 1, 1, "extend"),  # one schedule: no curve to read
     (_v("undecided", seeds_needed=3), 1, 1, "seeds:3"),
     (_v("undecided", seeds_needed=9), 1, 1, "extend"),  # more seeds than max_seeds: a longer schedule
     (_v("undecided", seeds_needed=9), 3, 1, "stop"),  # nothing left

@@ -3,7 +3,9 @@
 Round 1 trains the shortest schedule of every arm, size and seed. After each round the report is
 rebuilt and each data size gets one of these actions, from its verdict (study/verdict.py):
 - final: "within ±δ" with the pre-trained arm not forecast to gain more than δ at longer schedules,
-  or one arm ahead with scratch forecast not to come within δ by the longest schedule;
+  scratch ahead by more than δ, or pre-training ahead with its own curve flattened (as for "within") and
+  scratch forecast not to come within δ by the longest schedule (a forecast from the steep part of both
+  curves decides nothing);
 - more seeds: undecided, and the seeds that would decide it fit under ``max_seeds``;
 - a longer schedule: anything else while a longer one is left (it branches from the shorter run's
   checkpoint, as in the full grid);
@@ -28,17 +30,26 @@ from fromscratch.utils import atomic_write_text
 logger = logging.getLogger(__name__)
 
 
+def settled(v: dict[str, Any], n_sched: int) -> bool:
+    """Pre-training's own curve has flattened: 2+ schedules measured, and its forecast up to the study's
+    longest schedule gains no more than δ over its measured best. Until then a forecast of where the
+    arms end is an extrapolation from the steep part of the curves, and no size is final on it."""
+    f = v["forecast"]
+    if n_sched < 2:
+        return False
+    within_study = [x["mean"] for x in f.get("pretrained", []) if x["schedule"] <= f.get("longest", float("inf"))]
+    return max(within_study, default=v["best_pretrained"]) - v["best_pretrained"] <= v["margin"]
+
+
 def action(v: dict[str, Any], n_sched: int, n_total: int, n_seeds: int, max_seeds: int) -> str:
     """"final", "seeds:N", "extend" or "stop" for one size's verdict."""
     decision, f = v["decision"], v["forecast"]
     longer_left = n_sched < n_total
-    if decision == "within" and n_sched >= 2 and f.get("pretrained"):
-        within_study = [x["mean"] for x in f["pretrained"] if x["schedule"] <= f["longest"]]
-        if max(within_study, default=v["best_pretrained"]) - v["best_pretrained"] <= v["margin"]:
-            return "final"
+    if decision == "within" and f.get("pretrained") and settled(v, n_sched):
+        return "final"
     if decision == "scratch ahead":
         return "final"  # scratch already beats pre-training's best by more than δ
-    if decision == "pretrained ahead" and "catch_up" in f:
+    if decision == "pretrained ahead" and "catch_up" in f and settled(v, n_sched):
         hit = f["catch_up"]
         if hit is None or hit["schedule"] > f["longest"]:  # not within δ by the study's longest schedule
             return "final"
