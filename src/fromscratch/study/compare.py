@@ -60,9 +60,8 @@ def compare_runs(a: list[Path], b: list[Path], margin: float = 1.0, seed_std: fl
     for t in IOU_TYPES:
         if not all(t in f for f in finals):
             continue
-        vals = [{k: [finals[i][t][k] for i in idx] for k in ("AP", "AP50", "AP75")}
-                for idx in (range(na), range(na, len(folders)))]
-        ms = [[matches(i, t) for i in idx] for idx in (range(na), range(na, len(folders)))]
+        vals = [{k: finals_of(t, k, idx) for k in ("AP", "AP50", "AP75")} for idx in sides]
+        ms = [[matches(i, t) for i in idx] for idx in sides]
         ms = [None if any(m is None for m in side) else side for side in ms]
         gaps.update(compare(vals[0], vals[1], ms[0], ms[1], t, seed_std, LEVEL))
     rows = []
@@ -71,7 +70,7 @@ def compare_runs(a: list[Path], b: list[Path], margin: float = 1.0, seed_std: fl
     for key, g in gaps.items():
         t, k = key.split(".")
         d = decide(g, margin)
-        means = [statistics.fmean(finals[i][t][k] for i in idx) for idx in (range(na), range(na, len(folders)))]
+        means = [statistics.fmean(finals_of(t, k, idx)) for idx in sides]
         rows.append({"metric": key, "a": means[0], "b": means[1], "gap": g.gap, "lo": g.lo, "hi": g.hi,
                      "decision": words[d], "images_resampled": g.images_resampled, "seeds_measured": g.seeds_measured,
                      "what_would_decide": what_would_decide(g, margin, statistics.fmean(
