@@ -238,6 +238,12 @@ def _drop_empty(t: _TV, had_mask: torch.Tensor | None) -> _TV:
     return t if bool(keep.all()) else t.select(keep)
 
 
+def _window(t: _TV, top: int, left: int, size: int, pad_value: int, had_mask: torch.Tensor | None) -> _TV:
+    """LSJ's fixed-size crop and pad, then boxes from what is left of the masks and empty instances dropped
+    (``had_mask``: which masks were non-empty before any of LSJ's geometry)."""
+    return _drop_empty(_crop_pad_tv(t, top, left, size, pad_value), had_mask)
+
+
 def _lsj_tv(t: _TV, size: int, scale: tuple[float, float], flip_prob: float, flip_map: list[int] | None,
             rng: np.random.Generator, pad_value: int = 0) -> _TV:
     """Flip, scale jitter, random crop, pad (draws: flip, scale, crop y, crop x, in that order)."""
@@ -249,7 +255,7 @@ def _lsj_tv(t: _TV, size: int, scale: tuple[float, float], flip_prob: float, fli
     h, w = t.size
     fy, fx = rng.random(2)  # one uniform per axis, as TF's resize_and_crop_image
     top, left = int(round(max(h - size, 0) * fy)), int(round(max(w - size, 0) * fx))
-    return _drop_empty(_crop_pad_tv(t, top, left, size, pad_value), had_mask)
+    return _window(t, top, left, size, pad_value, had_mask)
 
 
 def _copy_paste_tv(t: _TV, src: _TV, rng: np.random.Generator) -> _TV:
@@ -342,8 +348,7 @@ def crop_pad(s: Sample, top: int, left: int, size: int, pad_value: int = 0) -> S
     (recomputed from the masks where there are masks), instances left empty dropped, keypoints outside
     the window hidden."""
     t = _to_tv(s)
-    had_mask = None if t.masks is None else _nonempty(t.masks)
-    return _from_tv(_drop_empty(_crop_pad_tv(t, top, left, size, pad_value), had_mask))
+    return _from_tv(_window(t, top, left, size, pad_value, None if t.masks is None else _nonempty(t.masks)))
 
 
 def copy_paste(target: Sample, source: Sample, rng: np.random.Generator) -> Sample:

@@ -24,7 +24,7 @@ from fromscratch.config import Config, load_config
 from fromscratch.engine.schedule import make_plan, parse_multiplier
 from fromscratch.errors import ConfigError
 from fromscratch.study.accounting import read_metrics
-from fromscratch.study.plan import Arm, PlannedRun, Study, dotted_overrides, grid_arm, run_overrides, with_train
+from fromscratch.study.plan import Arm, PlannedRun, Study, dotted_overrides, grid_arm, run_overrides, scheduled_run
 from fromscratch.utils import atomic_write_text
 
 logger = logging.getLogger(__name__)
@@ -63,17 +63,11 @@ def plan_trials(study: Study, base: Path, study_dir: Path,
             for k, combo in enumerate(combinations(study)):
                 over = {**run_overrides(study, arm, size, seed, study_dir), **combo}
                 cfg = load_config(base / study.detector, dotted_overrides(over))
-                plan = make_plan(cfg.train.model_copy(update={"schedule": sched}), n)
-                period = max(1, plan.total_iters // max(1, study.eval_points))
+                total = make_plan(cfg.train.model_copy(update={"schedule": sched}), n).total_iters
                 name = f"grid_{size}_{arm.name}_{k}"
-                o = {**over, "train.schedule": sched, "train.eval_period": period, "train.checkpoint_period": period}
-                t = PlannedRun(name, arm.name, size, sched, seed, dotted_overrides(o), plan.total_iters,
-                               plan.steps[0] if plan.steps else plan.total_iters)
+                t, configs[name] = scheduled_run(name, arm.name, size, sched, seed, over, cfg, n,
+                                                 max(1, total // max(1, study.eval_points)), study_dir, grid_trial=k)
                 trials.append(t)
-                tags = {**cfg.tracking.tags, "study": study_dir.name, "arm": arm.name, "size": str(size),
-                        "schedule": sched, "seed": seed, "grid_trial": k}
-                configs[name] = with_train(cfg, t.folder(study_dir), tags, schedule=sched, eval_period=period,
-                                            checkpoint_period=period)
     return trials, configs
 
 
@@ -161,8 +155,8 @@ def report_lines(study_dir: Path) -> list[str]:
              "| data | arm | values | " + metric + " | chosen |", "|---|---|---|---|---|"]
     for r in g["trials"]:
         per = g["choices"].get(r["size"], {})
-        mine = per.get(r["arm"] if r["arm"] in per else "*")
-        chosen = "**yes**" if mine == r["values"] and (r["arm"] in per or r["arm"] == g["tuned_arm"]) else ""
+        mine = per.get(r["arm"], per.get("*") if r["arm"] == g["tuned_arm"] else None)  # the choice it competed for
+        chosen = "**yes**" if mine == r["values"] else ""
         vals = ", ".join(f"{k.split('.')[-1]}={json.dumps(v)}" for k, v in r["values"].items())
         ap = "-" if r[metric] is None else f"{r[metric]:.1f}"
         lines.append(f"| {r['size']} | {r['arm']} | {vals} | {ap} | {chosen} |")

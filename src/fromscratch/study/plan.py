@@ -316,6 +316,21 @@ def run_overrides(study: Study, arm: Arm, size: int | str, seed: int, study_dir:
     return {**over, **chosen.get(arm.name, chosen.get("*", {}))}
 
 
+def scheduled_run(name: str, arm: str, size: int | str, sched: str, seed: int, over: dict[str, Any], cfg: Config,
+                  n: int, period: int, study_dir: Path, **tags: Any) -> tuple[PlannedRun, Config]:
+    """One run of ``cfg`` (overrides ``over``) at schedule ``sched`` on ``n`` images, evaluated and
+    checkpointed every ``period`` iterations, and its resolved config (tracker tags: the study's, the
+    arm, size, schedule, seed and ``tags``)."""
+    p = make_plan(cfg.train.model_copy(update={"schedule": sched}), n)
+    tag = {**cfg.tracking.tags, "study": study_dir.name, "arm": arm, "size": str(size), "schedule": sched,
+           "seed": seed, **tags}  # what a tracker files the run under
+    o = {**over, "train.schedule": sched, "train.eval_period": period, "train.checkpoint_period": period,
+         "tracking.tags": tag}
+    r = PlannedRun(name, arm, size, sched, seed, dotted_overrides(o), p.total_iters,
+                   p.steps[0] if p.steps else p.total_iters)
+    return r, with_train(cfg, r.folder(study_dir), tag, schedule=sched, eval_period=period, checkpoint_period=period)
+
+
 def plan_runs(study: Study, base: Path, study_dir: Path, train_size: int,
               choices: dict[str, dict[str, dict[str, Any]]] | None = None
               ) -> tuple[list[PlannedRun], dict[str, Config]]:
@@ -339,18 +354,12 @@ def plan_runs(study: Study, base: Path, study_dir: Path, train_size: int,
                 period = max(1, first.total_iters // max(1, study.eval_points))
                 prev: PlannedRun | None = None
                 for sched in scheds:
-                    p = make_plan(cfg.train.model_copy(update={"schedule": sched}), n)
-                    tags = {**cfg.tracking.tags, "study": study_dir.name, "arm": arm.name, "size": str(size),
-                            "schedule": sched, "seed": seed}  # what a tracker files the run under
-                    o = {**over, "train.schedule": sched, "train.eval_period": period,
-                         "train.checkpoint_period": period, "tracking.tags": tags}
-                    r = PlannedRun(f"{arm.name}_{size}_{sched}_s{seed}", arm.name, size, sched, seed,
-                                   dotted_overrides(o), p.total_iters, p.steps[0] if p.steps else p.total_iters)
+                    r, configs[f"{arm.name}_{size}_{sched}_s{seed}"] = scheduled_run(
+                        f"{arm.name}_{size}_{sched}_s{seed}", arm.name, size, sched, seed, over, cfg, n, period,
+                        study_dir)
                     if prev is not None and prev.first_drop < r.first_drop:
                         r.branch_from, r.branch_iter = prev.name, prev.first_drop
                     runs.append(r)
-                    configs[r.name] = with_train(cfg, r.folder(study_dir), tags, schedule=sched,
-                                                  eval_period=period, checkpoint_period=period)
                     prev = r
     for r in runs:  # a prefix run keeps a checkpoint at the branch point
         keep = sorted({x.branch_iter for x in runs if x.branch_from == r.name})

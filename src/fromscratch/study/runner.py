@@ -186,8 +186,8 @@ def _write_plan(study: Study, planned: Study, base: Path, study_dir: Path, ids: 
     """Plan the runs (with the grid's choices, once it has chosen) and write every resolved config and
     ``plan.json`` (its ``grid_trials`` apart from ``runs``: the report's tables hold runs only)."""
     runs, configs = plan_runs(planned, base, study_dir, len(ids), choices)
-    for r in trials + runs:  # what each run trains with, resolved: read by subprocess runs and the report
-        atomic_write_text(study_dir / "configs" / f"{r.name}.yaml", dump_config({**trial_configs, **configs}[r.name]))
+    for name, c in {**trial_configs, **configs}.items():  # what each run trains with, resolved: read by
+        atomic_write_text(study_dir / "configs" / f"{name}.yaml", dump_config(c))  # subprocess runs and the report
     atomic_write_text(study_dir / "plan.json", json.dumps({"study": study.model_dump(mode="json"),
                                                             "detector": str((base / study.detector).resolve()),
                                                             "train_size": len(ids),
