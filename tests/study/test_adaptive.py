@@ -40,7 +40,7 @@ def test_a_size_without_a_verdict_runs_to_the_longest_schedule_and_stops(tmp_pat
     study, base = load_study(make_study(tmp_path, schedules=["1x", "2x"], data_sizes=["all"], seeds=[0],
                                         adaptive=True, max_seeds=1))
     runs, _ = plan_runs(study, base, tmp_path / "study", 4)
-    rounds = run_adaptive(study, runs, tmp_path / "study", lambda some: None, lambda: [])["rounds"]
+    rounds = run_adaptive(study, runs, tmp_path / "study", lambda some: None, lambda names: [])["rounds"]
     assert [r["actions"] for r in rounds] == [{"all": "extend"}, {"all": "stop"}]
 
 
@@ -54,8 +54,9 @@ def test_rounds_stop_decided_sizes_and_extend_undecided_ones(tmp_path):
     def execute(some):
         trained.append(sorted(r.name for r in some))
 
-    def report():
-        done = set(trained[-1])
+    def report(names):
+        done = set(names)
+        assert done == set(trained[-1])  # each round decides on the runs it asked for
         out = []
         for size in ("all", "2"):
             scheds = {n.split("_")[2] for n in done if n.split("_")[1] == size}

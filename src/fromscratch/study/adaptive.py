@@ -60,9 +60,10 @@ def action(v: dict[str, Any], n_sched: int, n_total: int, n_seeds: int, max_seed
 
 def run_adaptive(study: Study, runs: list[PlannedRun], study_dir: Path,
                  execute_all: Callable[[list[PlannedRun]], None],
-                 report: Callable[[], list[dict[str, Any]]]) -> dict[str, Any]:
+                 report: Callable[[list[str]], list[dict[str, Any]]]) -> dict[str, Any]:
     """Rounds of training and deciding; ``execute_all`` trains a list of runs (chains kept in order),
-    ``report`` rebuilds the report and returns its verdicts."""
+    ``report`` rebuilds the report from the named runs only and returns its verdicts (a run the rounds
+    have not asked for, finished in an earlier attempt, must not decide a round)."""
     scheds = sorted(study.schedules, key=parse_multiplier)
     seeds = sorted({r.seed for r in runs})
     sizes = [str(s) for s in study.data_sizes]
@@ -73,7 +74,7 @@ def run_adaptive(study: Study, runs: list[PlannedRun], study_dir: Path,
         wanted = [r for r in runs if scheds.index(r.schedule) < n_sched[str(r.size)]
                   and seeds.index(r.seed) < n_seed[str(r.size)]]
         execute_all(wanted)
-        verdicts = report()
+        verdicts = report([r.name for r in wanted])
         step: dict[str, Any] = {"round": len(rounds) + 1, "runs": [r.name for r in wanted], "actions": {}}
         for size in sizes:
             vs = [v for v in verdicts if v["size"] == size]

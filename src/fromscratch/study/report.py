@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import statistics
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,8 +89,14 @@ def stage_lines(study_dir: Path) -> list[str]:
     return ["", "## Pre-training stages", ""] + out if out else []
 
 
-def load_results(study_dir: Path) -> tuple[dict, list[RunResult]]:
+def load_results(study_dir: Path, only: Collection[str] | None = None) -> tuple[dict, list[RunResult]]:
+    """The plan and every planned run's metrics; ``only`` keeps those runs (an adaptive round's)."""
     plan = json.loads((study_dir / "plan.json").read_text())
+    if only is None and plan["study"].get("adaptive") and (study_dir / "adaptive.json").exists():
+        only = json.loads((study_dir / "adaptive.json").read_text())["ran"]  # what the adaptive rounds chose
+    if only is not None:
+        keep = set(only)
+        plan = {**plan, "runs": [r for r in plan["runs"] if r["name"] in keep]}
     arms = {a["name"]: a for a in plan["study"]["arms"]}
     results = []
     for r in plan["runs"]:
@@ -210,15 +217,18 @@ def write_suite_report(suite_dir: Path) -> tuple[Path, list[str]]:
     return path, all_texts
 
 
-def write_report(study_dir: str | Path) -> tuple[Path, list[str]]:
+def write_report(study_dir: str | Path, only: Collection[str] | None = None) -> tuple[Path, list[str]]:
     """Build ``report.md`` and its PNG plots from the run folders; returns the path and verdicts.
-    A suite's folder (``suite.json``) gets every part's report and one report that joins them."""
+    A suite's folder (``suite.json``) gets every part's report and one report that joins them.
+    ``only`` names the runs to report (an adaptive round's); by default an adaptive study reports the
+    runs its rounds chose (``adaptive.json``), so finished runs it skipped, left in the folder by an
+    earlier full or differently-decided run, never enter its verdict."""
     from fromscratch.study.plots import forecast_figure, plot_all
 
     study_dir = Path(study_dir)
     if (study_dir / "suite.json").exists():
         return write_suite_report(study_dir)
-    plan, results = load_results(study_dir)
+    plan, results = load_results(study_dir, only)
     table = cells(results)
     cfg, val = study_validation(plan, study_dir)  # read once: the verdict's bootstrap and the figures
     vs = verdicts(plan, table, study_dir, cfg, val)

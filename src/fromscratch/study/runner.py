@@ -171,8 +171,8 @@ def _run_locked(path: str | Path, study: Study, base: Path, study_dir: Path, pla
         from fromscratch.study.adaptive import run_adaptive
         from fromscratch.study.report import write_report
 
-        def verdicts() -> list[dict]:
-            write_report(study_dir)
+        def verdicts(names: list[str]) -> list[dict]:
+            write_report(study_dir, names)
             return json.loads((study_dir / "verdict.json").read_text())
 
         run_adaptive(study, runs, study_dir, execute_some, verdicts)
