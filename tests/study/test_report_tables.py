@@ -36,3 +36,8 @@ def test_an_adaptive_studys_report_leaves_out_finished_runs_its_rounds_did_not_a
     assert v["all"]["best_scratch"] == 20  # 1x's best; the 2x run (31.0) is left out
     names = ["scratch_all_1x_s0", "pretrained_all_1x_s0", "scratch_all_2x_s0"]  # an explicit list wins
     assert {r.run["name"] for r in load_results(sd, names)[1]} == set(names)
+    assert "## Adaptive study" in write_report(sd)[0].read_text()
+    plan["study"]["adaptive"] = False  # the same folder declared a full grid: every run, no stale rounds
+    (sd / "plan.json").write_text(json.dumps(plan))
+    assert len(load_results(sd)[1]) == len(plan["runs"])
+    assert "## Adaptive study" not in write_report(sd)[0].read_text()

@@ -3,9 +3,11 @@
 Round 1 trains the shortest schedule of every arm, size and seed. After each round the report is
 rebuilt and each data size gets one of these actions, from its verdict (study/verdict.py):
 - final: "within ±δ" with the pre-trained arm not forecast to gain more than δ at longer schedules,
-  scratch ahead by more than δ, or pre-training ahead with its own curve flattened (as for "within") and
-  scratch forecast not to come within δ by the longest schedule (a forecast from the steep part of both
-  curves decides nothing);
+  scratch ahead by more than δ, or pre-training ahead and out of scratch's reach within the study: either
+  scratch's forecast at the longest schedule, even at its upper 90% bound, stays more than δ below
+  pre-training's measured best (which longer schedules can only raise, the verdict being best vs best),
+  or pre-training's own curve has flattened (as for "within") and scratch's forecast mean does not come
+  within δ by the longest schedule (a mean forecast from the steep part of both curves decides nothing);
 - more seeds: undecided, and the seeds that would decide it fit under ``max_seeds``;
 - a longer schedule: anything else while a longer one is left (it branches from the shorter run's
   checkpoint, as in the full grid);
@@ -41,6 +43,15 @@ def settled(v: dict[str, Any], n_sched: int) -> bool:
     return max(within_study, default=v["best_pretrained"]) - v["best_pretrained"] <= v["margin"]
 
 
+def out_of_reach(v: dict[str, Any]) -> bool:
+    """Scratch cannot catch up within the study: its forecast at the longest schedule, upper bound
+    included, is more than δ below pre-training's measured best. That best only grows with longer
+    schedules (the verdict compares best with best), so pre-training's own forecast is not needed."""
+    f = v["forecast"]
+    at_longest = [x for x in f.get("scratch", []) if x["schedule"] == f.get("longest")]
+    return bool(at_longest) and at_longest[0]["hi"] < v["best_pretrained"] - v["margin"]
+
+
 def action(v: dict[str, Any], n_sched: int, n_total: int, n_seeds: int, max_seeds: int) -> str:
     """"final", "seeds:N", "extend" or "stop" for one size's verdict."""
     decision, f = v["decision"], v["forecast"]
@@ -49,6 +60,8 @@ def action(v: dict[str, Any], n_sched: int, n_total: int, n_seeds: int, max_seed
         return "final"
     if decision == "scratch ahead":
         return "final"  # scratch already beats pre-training's best by more than δ
+    if decision == "pretrained ahead" and out_of_reach(v):
+        return "final"
     if decision == "pretrained ahead" and "catch_up" in f and settled(v, n_sched):
         hit = f["catch_up"]
         if hit is None or hit["schedule"] > f["longest"]:  # not within δ by the study's longest schedule

@@ -242,7 +242,8 @@ def write_report(study_dir: str | Path, only: Collection[str] | None = None) -> 
              f"{plan['train_size']}; seeds: {plan['study']['seeds']}.", "", "## Verdict", ""]
     lines += [f"- {t}" for t in texts] or ["- not enough finished runs for a verdict"]
     lines += [""] + augmentation_table(vs) + tables(plan, table) + [""] + gap_tables(vs) + [""]
-    lines += loss_table(plan, results) + summary_lines(study_dir)
+    lines += loss_table(plan, results)
+    lines += summary_lines(study_dir) if plan["study"].get("adaptive") else []  # not a stale one of an earlier run
     lines += grid_lines(study_dir)
     lines += ["", "## Plots", ""]
     lines += [f"![{name}]({name})" for name in figs]
