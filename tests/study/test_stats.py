@@ -177,14 +177,19 @@ def test_one_schedule_forecasts_nothing():
     assert fc.forecast_arm({1.0: [10.0, 11.0]}, [1, 2, 4], 1.0) == []
 
 
-def test_forecast_reads_an_older_report_and_holds_out_its_longest_schedule():
-    """The committed mini-paper part keeps only its report: Table 1 gives each chain's seed means and sds."""
+def test_forecast_reads_a_committed_report_and_holds_out_its_longest_schedule(tmp_path):
+    """The committed claims study keeps its report and cells.json (no run folders): each chain's seed finals."""
     from tests.conftest import ROOT
 
-    pts = fc.study_points(ROOT / "docs/results/mini_paper/fashion_scenes")
-    assert set(pts) == {("scratch", "24"), ("pretrained", "24"), ("scratch", "8"), ("pretrained", "8")}
-    s24 = pts[("scratch", "24")]
-    assert sorted(s24) == [1, 2, 3, 6] and statistics.fmean(s24[6]) == pytest.approx(7.0)
-    assert statistics.stdev(s24[6]) == pytest.approx(1.5)
-    table = fc.holdout_table([ROOT / "docs/results/mini_paper/fashion_scenes"])
-    assert table.count("| 6x |") == 4 and "4 chains: mean absolute error" in table
+    folder = ROOT / "docs/results/claims/mask_rcnn"
+    pts = fc.study_points(folder)
+    assert set(pts) == {(arm, size) for arm in ("scratch", "imagenet") for size in ("all", "300", "100", "30")}
+    s_all = pts[("scratch", "all")]
+    assert sorted(s_all) == [1, 2, 4] and statistics.fmean(s_all[4]) == pytest.approx(23.7, abs=0.05)
+    assert statistics.stdev(s_all[4]) == pytest.approx(1.8, abs=0.05)
+    table = fc.holdout_table([folder])
+    assert table.count("| 4x |") == 8 and "8 chains: mean absolute error" in table
+    (tmp_path / "report.md").write_text((folder / "report.md").read_text())  # an older report, no cells.json
+    old = fc.study_points(tmp_path)
+    assert set(old) == set(pts) and statistics.fmean(old[("scratch", "all")][4]) == pytest.approx(23.7)
+    assert statistics.stdev(old[("scratch", "all")][4]) == pytest.approx(1.8)  # rebuilt from "23.7 ± 1.8"

@@ -198,7 +198,7 @@ def test_pretrain_from_image_folder(tmp_path):
 
 @pytest.mark.slow
 def test_suite_runs_each_part_and_joins_the_reports(tmp_path):
-    """A suite (configs/mini_paper.yaml) runs its studies in order, each in its own folder, and one report
+    """A suite (configs/claims.yaml) runs its studies in order, each in its own folder, and one report
     joins theirs; running it again trains nothing."""
     parts = []
     for name in ("a", "b"):

@@ -132,7 +132,7 @@ class Study(BaseModel):
 
 
 class Suite(BaseModel):
-    """Several studies run and reported together (e.g. configs/mini_paper.yaml: one study per dataset).
+    """Several studies run and reported together (e.g. configs/claims.yaml: one study per detector).
 
     Each part is a study file (relative to the suite file); its runs land in ``output_dir/<part stem>``.
     """
