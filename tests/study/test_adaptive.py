@@ -8,11 +8,9 @@ from fromscratch.study.plan import load_study, plan_runs
 from tests.study.test_study import make_study
 
 
-def _v(decision, catch_up="none", pre_forecast=(), seeds_needed=None, best_pre=20.0, margin=1.0, scratch_at_3x=None):
-    f = {"pretrained": [{"schedule": m, "mean": v} for m, v in pre_forecast], "horizon": 9.0, "longest": 3.0}
-    if scratch_at_3x is not None:  # scratch's forecast at the study's longest schedule: (mean, lo, hi)
-        mean, lo, hi = scratch_at_3x
-        f["scratch"] = [{"schedule": 3.0, "mean": mean, "lo": lo, "hi": hi}]
+def _v(decision, catch_up="none", pre_forecast=(), seeds_needed=None, best_pre=20.0, margin=1.0, reach=None):
+    f = {"pretrained": [{"schedule": m, "mean": v} for m, v in pre_forecast], "horizon": 9.0, "longest": 3.0,
+         "scratch_reach": reach}  # the highest scratch's seed mean may reach at the schedules left
     if catch_up != "none":
         f["catch_up"] = catch_up
     return {"decision": decision, "forecast": f, "best_pretrained": best_pre, "margin": margin,
@@ -31,14 +29,14 @@ def _v(decision, catch_up="none", pre_forecast=(), seeds_needed=None, best_pre=2
     (_v("pretrained ahead", catch_up=None, pre_forecast=[(1, 2.6), (2, 16.2), (3, 30.0)], best_pre=16.2), 2, 1,
      "extend"),
     (_v("pretrained ahead", catch_up=None), 1, 1, "extend"),  # one schedule: no curve to read
-    # pre-training still climbing, but even scratch's upper bound at 3x (10.9) is more than δ below
+    # pre-training still climbing, but even scratch's upper bound (10.9) is more than δ below
     # pre-training's measured best (16.2), which longer schedules only raise: out of reach, final
     (_v("pretrained ahead", catch_up=None, pre_forecast=[(1, 2.6), (2, 16.2), (3, 30.0)], best_pre=16.2,
-        scratch_at_3x=(10.2, 9.5, 10.9)), 2, 1, "final"),
+        reach=10.9), 2, 1, "final"),
     # the same with a wide scratch interval (a 2-point forecast from the steep part): its upper bound
-    # reaches pre-training's best, go and see
+    # comes within δ of pre-training's best (15.5 > 16.2 - 1), go and see
     (_v("pretrained ahead", catch_up=None, pre_forecast=[(1, 2.6), (2, 16.2), (3, 30.0)], best_pre=16.2,
-        scratch_at_3x=(14.5, 8.8, 20.2)), 2, 1, "extend"),
+        reach=15.5), 2, 1, "extend"),
     (_v("undecided", seeds_needed=3), 1, 1, "seeds:3"),
     (_v("undecided", seeds_needed=9), 1, 1, "extend"),  # more seeds than max_seeds: a longer schedule
     (_v("undecided", seeds_needed=9), 3, 1, "stop"),  # nothing left
@@ -64,10 +62,11 @@ def test_rounds_stop_decided_sizes_and_extend_undecided_ones(tmp_path):
 
     def execute(some):
         trained.append(sorted(r.name for r in some))
+        now = json.loads((sd / "adaptive.json").read_text())  # written before the round trains
+        assert sorted(now["ran"]) == trained[-1] and now["complete"] is False
 
     def report(names):
         done = set(names)
-        assert done == set(trained[-1])  # each round decides on the runs it asked for
         out = []
         for size in ("all", "2"):
             scheds = {n.split("_")[2] for n in done if n.split("_")[1] == size}
@@ -85,7 +84,7 @@ def test_rounds_stop_decided_sizes_and_extend_undecided_ones(tmp_path):
     full = sum(r.total_iters - r.branch_iter for r in runs)
     assert summary["iterations_full_grid"] == full and summary["iterations_adaptive"] < full
     saved = json.loads((sd / "adaptive.json").read_text())
-    assert saved["fraction"] == pytest.approx(summary["iterations_adaptive"] / full)
+    assert saved["fraction"] == pytest.approx(summary["iterations_adaptive"] / full) and saved["complete"] is True
     assert "2 of the full grid skipped" in "\n".join(summary_lines(sd))
 
 

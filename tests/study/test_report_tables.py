@@ -1,5 +1,5 @@
 """Report tables built from run folders: training loss beside val AP (the paper's Fig. 8)."""
-from fromscratch.study.report import load_results, loss_table, write_report
+from fromscratch.study.report import load_results, loss_table, round_verdicts, write_report
 from tests.study.test_study import _synthetic_study
 
 
@@ -36,6 +36,9 @@ def test_an_adaptive_studys_report_leaves_out_finished_runs_its_rounds_did_not_a
     assert v["all"]["best_scratch"] == 20  # 1x's best; the 2x run (31.0) is left out
     names = ["scratch_all_1x_s0", "pretrained_all_1x_s0", "scratch_all_2x_s0"]  # an explicit list wins
     assert {r.run["name"] for r in load_results(sd, names)[1]} == set(names)
+    # what an adaptive round decides on (runner.run_study): its own runs, not the older adaptive.json's list
+    v = {x["size"]: x for x in round_verdicts(sd, names)}
+    assert set(v) == {"all"} and v["all"]["best_scratch"] == 31.0  # the 2x run it asked for
     assert "## Adaptive study" in write_report(sd)[0].read_text()
     plan["study"]["adaptive"] = False  # the same folder declared a full grid: every run, no stale rounds
     (sd / "plan.json").write_text(json.dumps(plan))

@@ -173,6 +173,18 @@ def test_forecast_recovers_the_catch_up_schedule(c):
     assert err["covered"] and abs(err["error"]) < 3
 
 
+def test_upper_reach_adds_seed_noise_to_the_forecast_bound_and_needs_a_schedule_left():
+    """The claims suite's scratch chain at 30 images after 2x: the bound for a 2-seed mean at 4x is the
+    forecast's upper bound widened by the seed noise; nothing is left once 4x is measured."""
+    pts = {1.0: [0.8, 0.5], 2.0: [4.6, 4.3]}
+    hi = fc.forecast_arm(pts, [4.0], 1.0)[0].hi
+    reach = fc.upper_reach(pts, [1.0, 2.0, 4.0], 1.0, n_seeds=2)
+    assert hi < reach < hi + 1.0
+    assert fc.upper_reach(pts, [1.0, 2.0, 4.0], 1.0, n_seeds=1) > reach  # one seed: a noisier mean
+    assert fc.upper_reach({**pts, 4.0: [7.5, 7.8]}, [1.0, 2.0, 4.0], 1.0, n_seeds=2) is None
+    assert fc.upper_reach({1.0: [0.8, 0.5]}, [1.0, 2.0], 1.0, n_seeds=2) is None  # no curve from one point
+
+
 def test_one_schedule_forecasts_nothing():
     assert fc.forecast_arm({1.0: [10.0, 11.0]}, [1, 2, 4], 1.0) == []
 

@@ -4,7 +4,7 @@ Round 1 trains the shortest schedule of every arm, size and seed. After each rou
 rebuilt and each data size gets one of these actions, from its verdict (study/verdict.py):
 - final: "within ±δ" with the pre-trained arm not forecast to gain more than δ at longer schedules,
   scratch ahead by more than δ, or pre-training ahead and out of scratch's reach within the study: either
-  scratch's forecast at the longest schedule, even at its upper 90% bound, stays more than δ below
+  scratch's forecast at the schedules left, even at the upper 90% bound for a seed mean, stays more than δ below
   pre-training's measured best (which longer schedules can only raise, the verdict being best vs best),
   or pre-training's own curve has flattened (as for "within") and scratch's forecast mean does not come
   within δ by the longest schedule (a mean forecast from the steep part of both curves decides nothing);
@@ -44,12 +44,12 @@ def settled(v: dict[str, Any], n_sched: int) -> bool:
 
 
 def out_of_reach(v: dict[str, Any]) -> bool:
-    """Scratch cannot catch up within the study: its forecast at the longest schedule, upper bound
-    included, is more than δ below pre-training's measured best. That best only grows with longer
-    schedules (the verdict compares best with best), so pre-training's own forecast is not needed."""
-    f = v["forecast"]
-    at_longest = [x for x in f.get("scratch", []) if x["schedule"] == f.get("longest")]
-    return bool(at_longest) and at_longest[0]["hi"] < v["best_pretrained"] - v["margin"]
+    """Scratch cannot catch up within the study: the highest its seed mean is expected to reach at the
+    study's schedules not run yet (forecast upper bound plus seed noise, ``scratch_reach``) is more than
+    δ below pre-training's measured best. That best only grows with longer schedules (the verdict
+    compares best with best), so pre-training's own forecast is not needed."""
+    reach = v["forecast"].get("scratch_reach")
+    return reach is not None and reach < v["best_pretrained"] - v["margin"]
 
 
 def action(v: dict[str, Any], n_sched: int, n_total: int, n_seeds: int, max_seeds: int) -> str:
@@ -86,6 +86,8 @@ def run_adaptive(study: Study, runs: list[PlannedRun], study_dir: Path,
     while True:
         wanted = [r for r in runs if scheds.index(r.schedule) < n_sched[str(r.size)]
                   and seeds.index(r.seed) < n_seed[str(r.size)]]
+        # a report made while the round trains (or after a crash) reads this round's runs, not an old list
+        _write(study, runs, wanted, study_dir, rounds, complete=False)
         execute_all(wanted)
         verdicts = report([r.name for r in wanted])
         step: dict[str, Any] = {"round": len(rounds) + 1, "runs": [r.name for r in wanted], "actions": {}}
@@ -103,8 +105,14 @@ def run_adaptive(study: Study, runs: list[PlannedRun], study_dir: Path,
         logger.info(f"adaptive round {step['round']}: " + ", ".join(f"{k}: {a}" for k, a in step["actions"].items()))
         if all(a in ("final", "stop") for a in step["actions"].values()):
             break
-    summary = savings(study, runs, wanted, study_dir)
-    summary["rounds"] = rounds
+    return _write(study, runs, wanted, study_dir, rounds, complete=True)
+
+
+def _write(study: Study, runs: list[PlannedRun], wanted: list[PlannedRun], study_dir: Path,
+           rounds: list[dict[str, Any]], complete: bool) -> dict[str, Any]:
+    """adaptive.json: written before each round trains (``complete`` false) and once at the end, so no
+    earlier attempt's list of runs outlives the round that replaces it."""
+    summary = {**savings(study, runs, wanted, study_dir), "rounds": rounds, "complete": complete}
     atomic_write_text(study_dir / "adaptive.json", json.dumps(summary, indent=1))
     return summary
 
@@ -146,10 +154,12 @@ def summary_lines(study_dir: Path) -> list[str]:
     if not path.exists():
         return []
     a = json.loads(path.read_text())
-    lines = ["## Adaptive study", "",
-             f"{len(a['ran'])} runs trained, {len(a['skipped'])} of the full grid skipped: "
-             f"{a['iterations_adaptive']:,} training iterations against {a['iterations_full_grid']:,} for the full "
-             f"grid ({a['fraction']:.0%})."]
+    lines = ["## Adaptive study", ""]
+    if not a.get("complete", True):
+        lines += ["In progress: the rounds so far, and the runs of the round now training.", ""]
+    lines.append(f"{len(a['ran'])} runs trained, {len(a['skipped'])} of the full grid skipped: "
+                 f"{a['iterations_adaptive']:,} training iterations against {a['iterations_full_grid']:,} for the "
+                 f"full grid ({a['fraction']:.0%}).")
     if a.get("seconds_per_iteration"):
         lines[-1] += (f" At the measured {a['seconds_per_iteration']:.2f} s per iteration: "
                       f"{a['wall_adaptive_s'] / 60:.1f} min against {a['wall_full_grid_s'] / 60:.1f} min.")

@@ -101,6 +101,20 @@ def forecast_arm(points: dict[float, list[float]], schedules: list[float], prior
     return out
 
 
+def upper_reach(points: dict[float, list[float]], schedules: list[float], prior_sd: float, n_seeds: int,
+                level: float = 0.90) -> float | None:
+    """The highest value the seed mean of ``n_seeds`` new runs is expected to reach at any of ``schedules``
+    not measured yet: the upper bound of the interval for a measurement (the forecast's uncertainty plus
+    the seed noise of that mean, as in holdout_error). None without a forecast or with nothing left."""
+    fits = fit(points, prior_sd)
+    todo = [m for m in schedules if m not in points]
+    if not fits or not todo:
+        return None
+    noise = noise_sd(points, prior_sd) ** 2 / max(1, n_seeds)
+    z = quantile(level)
+    return max(mean + z * math.sqrt(sd * sd + noise) for mean, sd in (predict(fits, m) for m in todo))
+
+
 def catch_up(scratch: list[Forecast], reference: float, margin: float) -> Forecast | None:
     """The shortest schedule whose (measured, else forecast) scratch AP is within ``margin`` of
     ``reference`` (the pre-trained arm's best), or None."""

@@ -217,6 +217,13 @@ def write_suite_report(suite_dir: Path) -> tuple[Path, list[str]]:
     return path, all_texts
 
 
+def round_verdicts(study_dir: Path, names: list[str]) -> list[dict[str, Any]]:
+    """An adaptive round's verdicts: the report rebuilt from the named runs only, whatever else the
+    folder holds (runs an earlier attempt finished, an older adaptive.json)."""
+    write_report(study_dir, names)
+    return json.loads((Path(study_dir) / "verdict.json").read_text())
+
+
 def write_report(study_dir: str | Path, only: Collection[str] | None = None) -> tuple[Path, list[str]]:
     """Build ``report.md`` and its PNG plots from the run folders; returns the path and verdicts.
     A suite's folder (``suite.json``) gets every part's report and one report that joins them.

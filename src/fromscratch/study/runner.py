@@ -169,13 +169,9 @@ def _run_locked(path: str | Path, study: Study, base: Path, study_dir: Path, pla
                                     load_choices(study_dir))
     if study.adaptive:
         from fromscratch.study.adaptive import run_adaptive
-        from fromscratch.study.report import write_report
+        from fromscratch.study.report import round_verdicts
 
-        def verdicts(names: list[str]) -> list[dict]:
-            write_report(study_dir, names)
-            return json.loads((study_dir / "verdict.json").read_text())
-
-        run_adaptive(study, runs, study_dir, execute_some, verdicts)
+        run_adaptive(study, runs, study_dir, execute_some, lambda names: round_verdicts(study_dir, names))
     else:
         execute_some(runs)
     return study_dir

@@ -72,9 +72,13 @@ def gaps(pre: Any, scr: Any, ev: Evidence, margin: float, prior_sd: float, types
     return out
 
 
+def _points(cells: dict, arm: str, size: str, scheds: list[str]) -> dict[float, list[float]]:
+    return {parse_multiplier(s): cells[(arm, size, s)].values["bbox.AP"] for s in scheds
+            if (arm, size, s) in cells and "bbox.AP" in cells[(arm, size, s)].values}
+
+
 def _forecasts(cells: dict, arm: str, size: str, scheds: list[str], prior_sd: float) -> list[fc.Forecast]:
-    points = {parse_multiplier(s): cells[(arm, size, s)].values["bbox.AP"] for s in scheds
-              if (arm, size, s) in cells and "bbox.AP" in cells[(arm, size, s)].values}
+    points = _points(cells, arm, size, scheds)
     longest = max((parse_multiplier(s) for s in scheds), default=1.0)
     grid = sorted({parse_multiplier(s) for s in scheds} | {2 * longest, 3 * longest})
     return fc.forecast_arm(points, grid, prior_sd, LEVEL)
@@ -137,6 +141,11 @@ def _forecast_summary(cells: dict, arm: str, scratch: str, size: str, scheds: li
     out["horizon"] = max(f.schedule for f in scr_f)
     out["longest"] = max(parse_multiplier(s) for s in scheds)
     out["catch_up"] = hit.to_dict() if hit else None
+    # how high scratch's seed mean may get within the study (adaptive.out_of_reach): the largest upper
+    # bound, seed noise included, over the study's schedules not yet measured
+    pts = _points(cells, scratch, size, scheds)
+    out["scratch_reach"] = fc.upper_reach(pts, [parse_multiplier(s) for s in scheds], prior_sd,
+                                          max((len(v) for v in pts.values()), default=1), LEVEL)
     return out
 
 
