@@ -89,8 +89,9 @@ def plot_all(plan: dict, results: list, out: Path, val: Any = None) -> list[str]
                      marker="o", ms=3, label=f"{r.run['arm']} val AP")
         ax.set(title=f"data: {size} ({scheds[-1]})", xlabel="iterations", ylabel="training loss")
         ax2.set_ylabel("val bbox AP")
-        ax.legend(fontsize=7, loc="upper center")
-        ax2.legend(fontsize=7, loc="center right")
+        for a, where in ((ax, "upper center"), (ax2, "center right")):
+            if a.get_legend_handles_labels()[0]:  # a size with no finished run at the longest schedule yet
+                a.legend(fontsize=7, loc=where)
     fig.tight_layout()
     save_figure(fig, out / "loss_and_ap.png")
     plt.close(fig)
