@@ -39,6 +39,13 @@ def _colors(arms: list[str]) -> dict[str, str]:
     return {a: palette[i % len(palette)] for i, a in enumerate(arms)}
 
 
+def _legend(ax: Any, **kw: Any) -> None:
+    """A legend where the axes have labelled lines: a partial study (an adaptive round, a run still going)
+    can leave a panel empty, and matplotlib warns on an empty legend."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, **kw)
+
+
 def plot_all(plan: dict, results: list, out: Path, val: Any = None) -> list[str]:
     """The report's figures; ``val`` (the validation Dataset, None if unreadable) for the predictions figure."""
     plt = _plt()
@@ -57,7 +64,7 @@ def plot_all(plan: dict, results: list, out: Path, val: Any = None) -> list[str]
             ax.plot([e["iteration"] for e in r.evals], [e["bbox"]["AP"] for e in r.evals], ls,
                     color=colors[r.run["arm"]], marker="o", ms=3, label=f"{r.run['arm']} {r.run['schedule']}")
         ax.set(title=f"data: {size}", xlabel="iterations", ylabel="bbox AP")
-        ax.legend(fontsize=7)
+        _legend(ax)
     fig.tight_layout()
     save_figure(fig, out / "ap_vs_iterations.png")
     plt.close(fig)
@@ -72,7 +79,7 @@ def plot_all(plan: dict, results: list, out: Path, val: Any = None) -> list[str]
                 ax.plot(xs, [e["bbox"]["AP"] for e in r.evals], color=colors[r.run["arm"]], marker="o", ms=3,
                         label=r.run["arm"] + (" (incl. pre-training)" if r.pre.get(kind) else ""))
             ax.set(xscale="log", xlabel=f"{kind} seen", ylabel="bbox AP", title=f"data: {size}")
-            ax.legend(fontsize=7)
+            _legend(ax)
     fig.tight_layout()
     save_figure(fig, out / "ap_vs_samples.png")
     plt.close(fig)
@@ -89,9 +96,8 @@ def plot_all(plan: dict, results: list, out: Path, val: Any = None) -> list[str]
                      marker="o", ms=3, label=f"{r.run['arm']} val AP")
         ax.set(title=f"data: {size} ({scheds[-1]})", xlabel="iterations", ylabel="training loss")
         ax2.set_ylabel("val bbox AP")
-        for a, where in ((ax, "upper center"), (ax2, "center right")):
-            if a.get_legend_handles_labels()[0]:  # a size with no finished run at the longest schedule yet
-                a.legend(fontsize=7, loc=where)
+        _legend(ax, loc="upper center")
+        _legend(ax2, loc="center right")
     fig.tight_layout()
     save_figure(fig, out / "loss_and_ap.png")
     plt.close(fig)
@@ -169,7 +175,7 @@ def forecast_figure(vs: list[dict], cells: dict, out: Path) -> bool:
         if ref is not None:
             ax.axhline(ref - v["margin"], color="gray", lw=0.8, ls=":", label="pre-trained best − δ")
         ax.set(title=f"data: {v['size']}", xlabel="schedule (x)", ylabel="final bbox AP", xscale="log")
-        ax.legend(fontsize=7)
+        _legend(ax)
     fig.tight_layout()
     save_figure(fig, out / "forecast.png")
     plt.close(fig)
