@@ -100,8 +100,9 @@ def _sync(device) -> None:
 
 
 def _report(args: argparse.Namespace, device, times: list[float], waits: list[float], per_step: int,
-            skipped: int) -> None:
-    """Rank 0 writes the job's result: step times (rank 0's, every step synchronized), peak memory."""
+            skipped: int, loaded: tuple[int, int] | None = None) -> None:
+    """Rank 0 writes the job's result: step times (rank 0's, every step synchronized), peak memory, and the
+    largest image the loader gave (``ours`` rows: the input as measured, LSJ canvas included)."""
     import torch
 
     from fromscratch import comm
@@ -112,7 +113,7 @@ def _report(args: argparse.Namespace, device, times: list[float], waits: list[fl
     if comm.is_main():
         res = {"times": times, "waits": waits, "images_per_step": per_step, "gpus": comm.world_size(),
                "skipped": skipped, "peak_alloc_gb": max(p[0] for p in peaks),
-               "peak_reserved_gb": max(p[1] for p in peaks)}
+               "peak_reserved_gb": max(p[1] for p in peaks), "input": loaded}
         Path(args.out).write_text(json.dumps(res))
 
 
@@ -134,6 +135,7 @@ def worker_ours(args: argparse.Namespace) -> None:
     total = args.warmup + args.iters
     over = [f"data.train={args.data}", "data.val=null", "data.image_root=null", "data.subset=null",
             f"data.train_scales=[{short}]", "data.scale_sampling=choice", f"data.max_size={max_size}",
+            f"data.lsj_size={short}",  # an LSJ recipe's canvas (the modern row): --size shrinks it as well
             f"data.num_workers={args.workers}", "data.check_images=false",
             f"train.batch_size={args.batch_per_gpu * world}",
             "train.epochs=null", f"train.iterations={total}", "train.step_fractions=null", "train.steps=[]",
@@ -149,18 +151,19 @@ def worker_ours(args: argparse.Namespace) -> None:
             trainer.ddp = torch.nn.parallel.DistributedDataParallel(
                 trainer.model, device_ids=[device.index] if device.type == "cuda" else None)
     loader = iter(make_loader(args.workers, 0, total))
-    times, waits, skipped = [], [], 0
+    times, waits, skipped, shapes = [], [], 0, set()
     for i in range(total):
         tick = time.perf_counter()
         images, targets = next(loader)
         wait = time.perf_counter() - tick
+        shapes.update(tuple(im.shape[-2:]) for im in images)
         values = trainer.train_step(i, images, targets)
         skipped += not math.isfinite(sum(values.values()))  # train.skip_nonfinite_steps: no update
         _sync(device)
         if i >= args.warmup:
             times.append(time.perf_counter() - tick)
             waits.append(wait)
-    _report(args, device, times, waits, args.batch_per_gpu * comm.world_size(), skipped)
+    _report(args, device, times, waits, args.batch_per_gpu * comm.world_size(), skipped, max(shapes))
     trainer.close()
     if comm.is_dist():
         torch.distributed.destroy_process_group()
@@ -322,7 +325,7 @@ def report(args: argparse.Namespace, rows: list[dict], results: dict[str, dict],
     out = []
     for row in rows:
         r, name = results[row["name"]], row["name"]
-        h, w, _ = resized_shape(args.side, args.side, *sizes(args, row["model"]))
+        h, w = r.get("input") or resized_shape(args.side, args.side, *sizes(args, row["model"]))[:2]
         what = REF_MODEL.split("(")[0].rsplit(".", 1)[-1] if row["kind"] == "ref" else row["model"]
         head = [row["kind"], what, row["amp"], row["layout"], f"{h}x{w}", f"{row['per_gpu']} x {nproc}"]
         if name not in ips:
@@ -394,7 +397,8 @@ def main() -> int:
               "`make gpu-check` on a machine\nwith NVIDIA GPUs. Exiting 0.")
         return 0
     nproc = args.nproc or (torch.cuda.device_count() if args.device == "cuda" else 1)
-    args.workers = args.workers or max(1, min(6, (os.cpu_count() or 2) // nproc - 1))
+    if args.workers is None:  # 0 (load in the training process) is a choice, not the default
+        args.workers = max(1, min(6, (os.cpu_count() or 2) // nproc - 1))
     if not SOURCE.exists():
         print(f"{SOURCE} missing: run `make data` first")
         return 1

@@ -56,16 +56,18 @@ def test_upscaled_scenes_keep_boxes_masks_and_keypoints(tmp_path):
 @pytest.mark.slow
 def test_jobs_run_on_cpu_processes(tmp_path):
     # the GPU part's plumbing (torchrun, DDP, the Trainer and torchvision's loop, channels_last re-wrap, the
-    # table) on 2 CPU processes (gloo) at 96 px: timings here mean nothing
+    # table) on 2 CPU processes (gloo) at 96 px, the LSJ canvas included (the "input" column is measured).
+    # fp32: bf16 autocast on a CPU without bf16 instructions takes minutes a step (bf16 training on CPU is tested
+    # in tests/engine/test_distributed.py and tests/test_modern_configs.py); timings here mean nothing
     prepared("fashion-scenes", "train.json")
     env = {**os.environ, "FROMSCRATCH_BENCH_DIR": str(tmp_path / "bench")}
-    cmd = [sys.executable, str(SCRIPT), "--device", "cpu", "--nproc", "2", "--amp", "bf16", "--size", "96",
+    cmd = [sys.executable, str(SCRIPT), "--device", "cpu", "--nproc", "2", "--amp", "none", "--size", "96",
            "--side", "128", "--images", "4", "--iters", "1", "--warmup", "1", "--batch-per-gpu", "1", "--workers",
-           "0", "--threads", "1", "--models", "modern", "--layouts", "channels_last"]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
+           "0", "--threads", "1", "--models", "modern", "--layouts", "channels_last", "--timeout", "400"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
     logs = tmp_path / "bench" / "gpu_check" / "logs"
     assert proc.returncode == 0, proc.stdout[-3000:] + "".join(p.read_text()[-3000:] for p in logs.glob("*.log"))
-    assert "| ref | maskrcnn_resnet50_fpn | bf16 | default | 96x96 | 1 x 2 |" in proc.stdout
-    assert "| ours | modern | bf16 | channels_last | 96x96 | 1 x 2 |" in proc.stdout
+    assert "| ref | maskrcnn_resnet50_fpn | none | default | 96x96 | 1 x 2 |" in proc.stdout
+    assert "| ours | modern | none | channels_last | 96x96 | 1 x 2 |" in proc.stdout
     assert "x torchvision's reference loop" in proc.stdout
-    assert "Grad strides do not match" not in (logs / "ours_modern_bf16_channels_last.log").read_text()
+    assert "Grad strides do not match" not in (logs / "ours_modern_none_channels_last.log").read_text()
