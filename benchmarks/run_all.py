@@ -27,7 +27,7 @@ BENCHES = [
 QUICK = {"train_step.py": ["--rounds", "2", "--block", "3", "--profile-steps", "1", "--variants", "ref", "ours",
                            "ours_ddp2"],
          "loader.py": ["--steps", "4"], "flops.py": ["--steps", "2"], "eval.py": ["--images", "100"],
-         "time_to_ap.py": ["--target", "0.01", "--max-minutes", "0.2", "--eval-every", "4", "--val-images", "4",
+         "time_to_ap.py": ["--target", "0.01", "--max-minutes", "0.05", "--eval-every", "4", "--val-images", "4",
                            "--slice", "4", "--cap-ratio", "1.5"],
          "presets.py": ["--steps", "1", "--presets", "configs/models/cpu.yaml"],
          "memory.py": ["--images", "2000", "--iterations", "4"]}

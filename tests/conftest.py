@@ -81,3 +81,20 @@ def prepared(name: str, file: str = "train.json") -> Path:
     if not path.exists():
         pytest.fail(f"{path} missing: run `make data` (make test does it) before the tests")
     return path
+
+
+def what_trains(path: Path) -> str:
+    """What a 2-iteration training of a config exercises beyond its schedule: the model (trunk, norms, heads,
+    weights), the augmentation and the AMP mode; configs that differ in their schedule only share it."""
+    from fromscratch.config import load_config
+
+    cfg = load_config(path)
+    return json.dumps([cfg.model.model_dump(), cfg.data.augmentation, cfg.train.amp], sort_keys=True, default=str)
+
+
+def one_per_model(paths: list[Path]) -> list[Path]:
+    """The first of ``paths`` for each distinct ``what_trains``: the configs a model-building test trains."""
+    seen: dict[str, Path] = {}
+    for p in paths:
+        seen.setdefault(what_trains(p), p)
+    return list(seen.values())

@@ -306,7 +306,8 @@ def _study(tmp: Path, name: str, data: Path) -> Path:
     s = {"detector": str(ROOT / "configs/models/cpu.yaml"),
          "overrides": {"data.train": str(data), "data.val": str(data), "data.train_scales": [64],
                        "data.test_scale": 64, "data.max_size": 64, "data.num_workers": 0, "train.warmup_iters": 2,
-                       "model.meta_arch": "faster_rcnn", "train.checkpoint_period": 3, "train.log_period": 1},
+                       "model.meta_arch": "faster_rcnn", "train.checkpoint_period": 3, "train.log_period": 1,
+                       "train.x_iterations": 12},  # 1x = 12 iterations, 2x = 24: ~70 logged steps to kill among
          "arms": ["scratch", {"name": "scratch_b", "overrides": {"train.seed": 1}}], "schedules": ["2x", "1x"],
          "data_sizes": ["all"], "seeds": [0], "eval_points": 2, "parallel": 2, "output_dir": str(tmp / name)}
     path = tmp / f"{name}.yaml"
