@@ -374,8 +374,8 @@ def main() -> int:
     ap.add_argument("--batch-per-gpu", type=int, help="images per GPU (default: paper 2, modern 8)")
     ap.add_argument("--side", type=int, default=1024, help="side of the upscaled scenes (px)")
     ap.add_argument("--images", type=int, default=1000, help="scenes to upscale (fashion-scenes has 1,000)")
-    ap.add_argument("--size", type=int, help="short side and max size for every row instead of each recipe's "
-                    "(e.g. small, with --device cpu)")
+    ap.add_argument("--size", type=int, help="short side, max size and LSJ canvas for every row instead of each "
+                    "recipe's (e.g. small, with --device cpu)")
     ap.add_argument("--workers", type=int, help="loader workers per process (default: cores / processes, <= 6)")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads per process")
     ap.add_argument("--timeout", type=int, default=1200, help="seconds per row before it is reported failed")

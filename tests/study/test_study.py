@@ -91,6 +91,35 @@ def test_tiny_study_end_to_end_with_accounting(tmp_path):
     assert run_study(path) == sd
 
 
+def test_a_schedule_added_later_branches_from_the_latest_checkpoint_before_the_drop(tmp_path):
+    """1x ran before 2x was declared, so it kept no checkpoint at its first drop (8): 2x starts from its
+    latest one before the drop (6), with 1x's metrics up to there. Up to the drop both train at the same LR
+    on the same batches, and a resume is exact (tests/engine/test_faults.py), so this equals training from 0;
+    with no checkpoint before the drop it trains from 0."""
+    from fromscratch.study.plan import PlannedRun
+    from fromscratch.study.runner import seed_from_prefix
+
+    sd = tmp_path / "study"
+    one = sd / "runs" / "scratch_all_1x_s0"
+    one.mkdir(parents=True)
+    for i in (6, 12, 24):
+        (one / f"model_{i:07d}.pth").write_bytes(f"state {i}".encode())
+    (one / "model_best.pth").write_bytes(b"best")
+    (one / "metrics.jsonl").write_text("".join(json.dumps({"type": "train", "iteration": i}) + "\n"
+                                               for i in range(1, 25)))
+    two = PlannedRun("scratch_all_2x_s0", "scratch", "all", "2x", 0, [], 49, 33, "scratch_all_1x_s0", 8)
+    seed_from_prefix(two, sd)
+    folder = two.folder(sd)
+    assert sorted(p.name for p in folder.glob("model_*")) == ["model_0000006.pth"]
+    assert (folder / "model_0000006.pth").read_bytes() == b"state 6"
+    assert [json.loads(x)["iteration"] for x in (folder / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4,
+                                                                                                       5, 6]
+    assert json.loads((folder / "branch.json").read_text()) == {"from": "scratch_all_1x_s0", "iteration": 6}
+    (one / "model_0000006.pth").unlink()  # nothing at or before the drop: the run starts from 0
+    late = PlannedRun("scratch_all_4x_s0", "scratch", "all", "4x", 0, [], 98, 82, "scratch_all_1x_s0", 8)
+    seed_from_prefix(late, sd)
+    assert not late.folder(sd).exists()
+
 def _fake_run(sd: Path, name: str, total: int, aps: list[float], images: int) -> dict:
     folder = sd / "runs" / name
     folder.mkdir(parents=True)

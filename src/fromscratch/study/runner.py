@@ -71,18 +71,28 @@ def is_complete(folder: Path, total: int) -> bool:
     return ckpt.checkpoint_path(folder, total).exists() or (folder / "early_stopped.json").exists()
 
 
+def prefix_checkpoint(src: Path, branch_iter: int) -> tuple[Path, int] | None:
+    """The shorter run's checkpoint to branch from: the one at its first LR drop, else (a schedule added to the
+    study after the shorter run finished, so nobody asked it to keep that one) its latest before the drop.
+    Up to the drop both runs train at the same LR on the same (seed, iteration) batches, so either is a
+    state the longer run passes through."""
+    found = [(p, int(ckpt.PATTERN.match(p.name).group(1))) for p in ckpt.list_checkpoints(src)]
+    return max(((p, i) for p, i in found if 0 < i <= branch_iter), key=lambda x: x[1], default=None)
+
+
 def seed_from_prefix(run: PlannedRun, study_dir: Path) -> None:
-    """Start a longer schedule from the shorter run's checkpoint at its first LR drop."""
+    """Start a longer schedule from the shorter run's checkpoint at its first LR drop (or before it)."""
     src = study_dir / "runs" / str(run.branch_from)
     folder = run.folder(study_dir)
-    prefix_ckpt = ckpt.checkpoint_path(src, run.branch_iter)
-    if not prefix_ckpt.exists():
+    found = prefix_checkpoint(src, run.branch_iter)
+    if found is None:
         return  # the prefix is gone: train from 0 (same result, more time)
+    prefix_ckpt, at = found
     folder.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(prefix_ckpt, ckpt.checkpoint_path(folder, run.branch_iter))
+    shutil.copyfile(prefix_ckpt, ckpt.checkpoint_path(folder, at))
     shutil.copyfile(src / "metrics.jsonl", folder / "metrics.jsonl")
-    ckpt.truncate_metrics(folder / "metrics.jsonl", run.branch_iter)
-    atomic_write_text(folder / "branch.json", json.dumps({"from": run.branch_from, "iteration": run.branch_iter}))
+    ckpt.truncate_metrics(folder / "metrics.jsonl", at)
+    atomic_write_text(folder / "branch.json", json.dumps({"from": run.branch_from, "iteration": at}))
 
 
 def execute(run: PlannedRun, cfg: Config, study: Study, study_dir: Path) -> str:
