@@ -30,8 +30,9 @@ def test_augment_mini_expands_three_strengths():
                                             for arm in ("scratch", "imagenet")]
 
 
-def _resolved(study_path, sd, names, choices=None):
-    """The named runs' resolved configs with the paths that name the study folder taken out."""
+def _resolved(study_path, sd, names, choices=None, keep_checkpoints_at=True):
+    """The named runs' resolved configs with the paths that name the study folder taken out (and the
+    branch points' extra checkpoints, which a longer ladder adds and a finished run may lack)."""
     from fromscratch.config import dump_config
 
     study, base = load_study(study_path)
@@ -41,6 +42,8 @@ def _resolved(study_path, sd, names, choices=None):
         c = cfgs[n].model_copy(deep=True)
         c.output_dir, c.data.subset = "", ""
         c.tracking.tags.pop("study", None)
+        if not keep_checkpoints_at:
+            c.train.checkpoint_at = []
         out[n] = dump_config(c)
     return out
 
@@ -54,6 +57,11 @@ def test_configs_that_reuse_the_claims_runs_resolve_to_the_same_runs(tmp_path):
     claims = _resolved(ROOT / "configs/claims/mask_rcnn.yaml", tmp_path / "c", at30, choice)
     for name in ("adaptive", "full"):
         assert _resolved(ROOT / f"configs/adaptive_check/{name}.yaml", tmp_path / name, at30) == claims
+    for name in ("ladder_adaptive", "ladder_full"):  # the 8x ladder links those runs in too
+        assert _resolved(ROOT / f"configs/adaptive_check/{name}.yaml", tmp_path / name, at30, None, False) == \
+            _resolved(ROOT / "configs/claims/mask_rcnn.yaml", tmp_path / "c", at30, choice, False)
+    ladder, _ = load_study(ROOT / "configs/adaptive_check/ladder_adaptive.yaml")
+    assert ladder.adaptive and ladder.schedules == ["1x", "2x", "4x", "6x", "8x"]
     at300 = [n.replace("_30_", "_300_") for n in at30]
     assert _resolved(ROOT / "configs/ssl_mini/fashion_scenes_lite0.yaml", tmp_path / "s", at300) == \
         _resolved(ROOT / "configs/claims/mask_rcnn.yaml", tmp_path / "c3", at300)
