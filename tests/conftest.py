@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny COCO dataset written to disk (real PNGs, every segmentation form)."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -83,6 +84,7 @@ def prepared(name: str, file: str = "train.json") -> Path:
     return path
 
 
+@functools.cache  # the config tests ask for every config's several times
 def what_trains(path: Path) -> str:
     """What a 2-iteration training of a config exercises beyond its schedule: the model (trunk, norms, heads,
     weights), the augmentation and the AMP mode; configs that differ in their schedule only share it."""
